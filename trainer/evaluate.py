@@ -63,8 +63,20 @@ class EvalReport:
                 out[f"{prefix}acc_shot{shot}"] = acc
         accs = list(out.values())
         out[f"{prefix}acc_mean"] = float(np.mean(accs)) if accs else math.nan
+        out[f"{prefix}acc_mean_se"] = self.mean_se()
         out.update({f"{prefix}{k}": v for k, v in self.extra.items()})
         return out
+
+    def mean_se(self) -> float:
+        """Standard error of acc_mean over queries (per-query correctness averaged over shots)."""
+        rows = [v for v in self.correct.values() if not np.all(np.isnan(v))]
+        if not rows:
+            return math.nan
+        per_query = np.nanmean(np.stack(rows), axis=0)
+        per_query = per_query[~np.isnan(per_query)]
+        if len(per_query) < 2:
+            return math.nan
+        return float(per_query.std(ddof=1) / math.sqrt(len(per_query)))
 
     def to_json(self) -> dict:
         """The per-split record stored in ``evaluation.json`` (see sweep.leaderboard)."""

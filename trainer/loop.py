@@ -32,7 +32,7 @@ LossHook = Callable[[torch.Tensor], torch.Tensor]
 METRIC_KEYS = (
     "phase", "epoch", "grpo_epoch", "rce_loss", "rce_tau", "grpo_loss", "ppo_loss", "kl", "kl_beta",
     "clip_frac", "mean_ratio", "adv_mean", "adv_std", "adv_abs_max", "group_k", "frac_zero_std", "lr",
-    "acc_shot1", "acc_shot2", "acc_shot3", "acc_shot4", "acc_mean", "best_acc_mean", "best_epoch",
+    "acc_shot1", "acc_shot2", "acc_shot3", "acc_shot4", "acc_mean", "acc_mean_se", "best_acc_mean", "best_epoch",
     "train_finished", "stop_reason",
 )
 
