@@ -71,7 +71,7 @@ def fit_sft(cfg: TrainConfig, task: Task, log: Callable[[str], None] = print) ->
         for idx in batch_indices(groups.num_queries, cfg.sft.sft_batch_size, gen):
             b = make_batch(groups, idx, task.embeddings, task.device)
             nll = model.sequence_nll(b.query_emb, b.cand_emb, b.pool_mask, b.seqs,
-                                     label_smoothing=cfg.model.label_smoothing)
+                                     label_smoothing=cfg.model.label_smoothing, seq_mask=b.seq_mask)
             loss = (nll * b.seq_mask).sum() / b.seq_mask.sum()
             _step(model, opt, sched, loss, cfg.optim.grad_clip, "sft_loss")
             total_loss, n = total_loss + loss.item(), n + 1
@@ -128,7 +128,7 @@ def run_rce_epoch(st: RunState, task: Task, weights: torch.Tensor, cfg: TrainCon
         b = make_batch(groups, idx, task.embeddings, task.device)
         tau = rce_temperature(st.stage_step, total_steps, rce.rce_temp_start, rce.rce_temp_end)
         nll = model.sequence_nll(b.query_emb, b.cand_emb, b.pool_mask, b.seqs,
-                                 label_smoothing=cfg.model.label_smoothing)
+                                 label_smoothing=cfg.model.label_smoothing, seq_mask=b.seq_mask)
         w = weights[idx, : b.seq_mask.shape[1]].to(task.device)
         loss = losses.rce_loss(-nll, w, b.seq_mask, tau=tau)
         _step(model, st.optimizer, st.scheduler, loss, cfg.optim.grad_clip, "rce_loss")
@@ -151,7 +151,7 @@ def run_grpo_epoch(st: RunState, task: Task, raw: torch.Tensor, old_logp: torch.
         # curriculum: the group is the top-k candidates by reward
         group = losses.top_k_mask(r, b.seq_mask, k)
         adv = losses.group_advantages(r, group, std_floor=g.std_floor, clip=g.advantage_clip)
-        new_logp = model.sequence_logp(b.query_emb, b.cand_emb, b.pool_mask, b.seqs)
+        new_logp = model.sequence_logp(b.query_emb, b.cand_emb, b.pool_mask, b.seqs, seq_mask=b.seq_mask)
         loss, stats = losses.grpo_loss(new_logp, old_logp[idx, :c].to(task.device), adv, group,
                                        clip_epsilon=g.clip_epsilon, kl_beta=st.kl_beta)
         if loss_hook is not None:
