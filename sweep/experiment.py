@@ -110,7 +110,7 @@ def execute(args, space, source, exp_dir: Path, record: dict, *, restore: bool) 
     from trainer.warmup import prepare_warm_start
 
     seeds = record.get("seeds") or space.seeds
-    param_space, num_samples = space.to_tune(args.search, args.num_samples, seeds)
+    param_space, num_samples = space.to_tune(args.search, args.num_samples, seeds, rng_seed=args.seed)
     first = space.preview(args.search, args.num_samples, 1, args.seed)[0]
     base = from_dict({**space.resolve(first), "seed": args.seed})
     share = shares_warmup(space)
@@ -143,7 +143,7 @@ def execute(args, space, source, exp_dir: Path, record: dict, *, restore: bool) 
                                    resume_unfinished=True, resume_errored=args.max_failures != 0,
                                    param_space=param_space)
     else:
-        search = T.make_search(space, args.search, args.metric, args.seed, args.max_concurrent)
+        search = T.make_search(space, args.search, args.metric, args.seed, args.max_concurrent, seeds)
         tuner = T.make_tuner(trainable, param_space=param_space, num_samples=num_samples, metric=args.metric,
                              scheduler=scheduler, search_alg=search, name=exp_dir.name,
                              storage_path=str(exp_dir.parent), cpus_per_trial=args.cpus_per_trial,

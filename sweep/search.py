@@ -8,8 +8,9 @@ reported step by step, which is what Optuna's samplers expect of a pruned trial.
 """
 from __future__ import annotations
 
-from ray.tune.search.optuna import OptunaSearch
 from optuna.trial import TrialState
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -19,3 +20,31 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return
         self._ot_study.tell(self._ot_trials[trial_id], None, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+class SeedRepeater(Repeater):
+    """``Repeater`` that tells the searcher whether every seed of a configuration ran its full budget.
+
+    The stock Repeater passes only the mean metric, which PrunedAwareOptunaSearch
+    would read as a pruned trial; a configuration counts as complete only if
+    every one of its seeds finished training.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
+        group = self._trial_id_to_group.get(trial_id)
+        finished = getattr(self, "_finished", {})
+        self._finished = finished
+        if group is not None:
+            key = group.primary_trial_id
+            finished[key] = finished.get(key, True) and bool(result and result.get("train_finished"))
+        searcher_complete = self.searcher.on_trial_complete
+
+        def tell(primary_id, result=None, **kw):
+            result = dict(result or {}, train_finished=finished.pop(primary_id, False))
+            searcher_complete(primary_id, result=result, **kw)
+
+        self.searcher.on_trial_complete = tell  # type: ignore[method-assign]
+        try:
+            super().on_trial_complete(trial_id, result, **kwargs)
+        finally:
+            del self.searcher.on_trial_complete

@@ -65,7 +65,7 @@ def make_scheduler(opts: SchedulerOptions, metric: str, pbt_mutations: dict | No
     raise UserError(f"--scheduler: {opts.name!r} is not one of asha, fifo, pbt, noise-asha")
 
 
-def make_search(space, search: str, metric: str, seed: int, max_concurrent: int | None):
+def make_search(space, search: str, metric: str, seed: int, max_concurrent: int | None, seeds: int | None):
     """Grid/random enumerate ``param_space``; Optuna samples from the space itself."""
     if search in ("grid", "random"):
         gen = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
@@ -73,7 +73,7 @@ def make_search(space, search: str, metric: str, seed: int, max_concurrent: int 
     if search in ("optuna-tpe", "optuna-qmc"):
         from sweep.spaces import make_optuna_search
 
-        searcher = make_optuna_search(space, search.split("-")[1], metric, seed)
+        searcher = make_optuna_search(space, search.split("-")[1], metric, seed, seeds)
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or 2)
     raise UserError(f"--search: {search!r} is not one of grid, random, optuna-tpe, optuna-qmc")
 
