@@ -75,7 +75,7 @@ class DataSource:
 
     def task(self, cfg: TrainConfig, device: str | None = None) -> Task:
         dataset, split, _ = build_dataset(embeddings=self.embeddings, rl=self.rl, beam=self.beam,
-                                          pools=self.pools, data_cfg=cfg.data)
+                                          pools=self.pools, data_cfg=cfg.data, check_finite=False)
         if dataset.rl is None:
             raise UserError("--rl-data: RCE and GRPO need scored candidate groups (RL data)")
         train = dataset.rl.select(torch.isin(dataset.rl.query_ids, split.train))
