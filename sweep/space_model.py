@@ -102,8 +102,13 @@ class Space:
         if sampled:
             space[SAMPLE_KEY] = tune.grid_search(list(range(n)))
             space.update({k: tune.sample_from(_Draw(k, d, rng_seed)) for k, d in sampled.items()})
+        for key in self._preset_keys():
+            space[key] = tune.sample_from(_PresetValue(key, self.presets))
         space["seed"] = tune.grid_search(list(range(self._seeds(seeds))))
         return space, 1
+
+    def _preset_keys(self) -> list[str]:
+        return [k for k in dict.fromkeys(k for p in self.presets.values() for k in p) if k not in self.fixed]
 
     def to_optuna(self, sampler: str = "tpe", seed: int = 0) -> dict:
         """Keyword arguments of ``OptunaSearch`` (all but ``metric``); mode is ``max``."""
@@ -183,8 +188,20 @@ class Space:
         return out
 
     def original_config(self) -> dict | None:
-        """The tuning document's original configuration (the ``original`` preset), else None."""
-        return self.resolve({"preset": "original"}) if "original" in self.presets else None
+        """The tuning document's original configuration.
+
+        The ``original`` preset when the space has one; otherwise the config
+        defaults (which are the document's "current config") for every swept
+        key, with the space's fixed values: the comparison marks that
+        configuration as the original when the sweep ran it.
+        """
+        if "original" in self.presets:
+            return self.resolve({"preset": "original"})
+        if self.presets:
+            return None
+        from trainer.config import field_default
+
+        return {**dict(self.fixed), **{k: field_default(k) for k in self.swept_keys()}}
 
     # ---- for the CLI
     def smoke(self) -> "Space":
@@ -211,7 +228,10 @@ class Space:
                 "scientific": {k: str(d) for k, d in self.scientific.items()},
                 "nuisance": {k: str(d) for k, d in self.nuisance.items()},
                 "fixed": dict(self.fixed), "presets": {k: dict(v) for k, v in self.presets.items()},
-                "scientific_keys": self.scientific_keys(), "swept_keys": self.swept_keys()}
+                "scientific_keys": self.scientific_keys(), "swept_keys": self.swept_keys(),
+                "hyperparameters": list(dict.fromkeys([*self.swept_keys(), *self._preset_keys(), *self.fixed])),
+                "search_ranges": {k: _range(d) for k, d in {**self.scientific, **self.nuisance}.items()},
+                "original": self.original_config()}
 
     # ---- helpers
     def _split(self, search: str) -> tuple[dict[str, tuple], dict[str, Dist]]:
@@ -258,11 +278,33 @@ class _Draw:
         return _draw(self.key, self.dist, self.rng_seed, config[SAMPLE_KEY])
 
 
+class _PresetValue:
+    """``tune.sample_from`` callable: the value of ``key`` in the trial's preset (picklable).
+
+    Puts each preset's hyperparameters into Tune's config, so params.json, the
+    Tune table and the leaderboard show real values, not only the preset name.
+    """
+
+    def __init__(self, key: str, presets: dict):
+        self.key, self.presets = key, presets
+
+    def __call__(self, config: dict) -> Any:
+        from trainer.config import field_default
+
+        return self.presets[config["preset"]].get(self.key, field_default(self.key))
+
+
 def _draw(key: str, dist: Dist, rng_seed: int, index: int) -> Any:
     if isinstance(rng_seed, bool) or not isinstance(rng_seed, int) or rng_seed < 0:
         raise UserError(f"--seed: must be an integer >= 0, got {rng_seed!r}")
     # crc32, not hash(): str hashes are salted per process, and Tune resolves in another one
     return dist.sample(np.random.default_rng([rng_seed, int(index), zlib.crc32(key.encode())]))
+
+
+def _range(d: Dist) -> dict:
+    if d.categorical:
+        return {"kind": d.kind, "values": list(d.args)}
+    return {"kind": d.kind, "low": d.args[0], "high": d.args[1]}
 
 
 def _product(enumerated: dict[str, tuple]) -> list[dict]:

@@ -178,7 +178,9 @@ def test_original_config_is_the_documents_original_preset():
     assert (cfg.rce.rce_lr, cfg.grpo.grpo_lr) == (5e-4, 5e-6)
     assert (cfg.grpo.kl_beta, cfg.reward.reward_alpha, cfg.reward.reward_beta, cfg.optim.batch_size) == (
         0.3, 0.2, 1.0, 1)
-    assert load_space("kl_beta").original_config() is None
+    # without presets, the original is the config defaults (the document's current config) for the swept keys
+    assert load_space("kl_beta").original_config() == {"rce_epochs": 25, "grpo_epochs": 25, "kl_beta": 0.3,
+                                                        "adaptive_kl": True}
     recommended = load_space("doc_presets").resolve({"preset": "recommended"})
     assert (recommended["rce_lr"], recommended["grpo_lr"], recommended["kl_beta"]) == (1e-5, 1e-5, 0.1)
     assert load_space("doc_presets").resolve({"preset": "plan4"})["grpo_epochs"] == 0
