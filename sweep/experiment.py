@@ -133,7 +133,7 @@ def execute(args, space, source, exp_dir: Path, record: dict, *, restore: bool) 
     sched_opts = T.SchedulerOptions(name=args.scheduler, max_t=max_t, grace_period=args.grace_period,
                                     reduction_factor=args.reduction_factor, brackets=args.brackets,
                                     noise_k=args.noise_k, decisions_path=str(exp_dir / "decisions.csv"))
-    scheduler = T.make_scheduler(sched_opts, args.metric, pbt_mutations=space.pbt_mutations()
+    scheduler = T.make_scheduler(sched_opts, pbt_mutations=space.pbt_mutations()
                                  if args.scheduler == "pbt" else None)
     if restore:
         from ray import tune

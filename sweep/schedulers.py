@@ -26,7 +26,8 @@ DECISION_FIELDS = ("trial", "rung", "value", "cutoff", "se", "n_recorded", "deci
 
 
 class NoiseAwareASHA(FIFOScheduler):
-    def __init__(self, *, time_attr: str, metric: str, mode: str = "max", max_t: int, grace_period: int = 1,
+    def __init__(self, *, time_attr: str, metric: str | None = None, mode: str = "max", max_t: int,
+                 grace_period: int = 1,
                  reduction_factor: float = 3.0, brackets: int = 1, k: float = 1.0,
                  decisions_path: str | None = None):
         super().__init__()
@@ -45,6 +46,13 @@ class NoiseAwareASHA(FIFOScheduler):
         self._added = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
+        """Metric and mode from TuneConfig; refuses a second, different metric."""
+        if metric and self._metric and metric != self._metric:
+            return False
+        if metric:
+            self._metric = metric
+        if mode:
+            self._sign = 1.0 if mode == "max" else -1.0
         return True
 
     def on_trial_add(self, tune_controller, trial) -> None:

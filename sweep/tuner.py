@@ -37,7 +37,8 @@ class SchedulerOptions:
         return max(1, math.ceil(self.max_t / 4))
 
 
-def make_scheduler(opts: SchedulerOptions, metric: str, pbt_mutations: dict | None = None):
+def make_scheduler(opts: SchedulerOptions, pbt_mutations: dict | None = None):
+    """The scheduler; metric and mode come from the TuneConfig (Tune refuses them in both places)."""
     if opts.max_t < 1 and opts.name != "fifo":
         raise UserError(f"--scheduler {opts.name}: the space trains no GRPO epoch (grpo_epochs=0); use fifo")
     if opts.name == "fifo":
@@ -47,20 +48,19 @@ def make_scheduler(opts: SchedulerOptions, metric: str, pbt_mutations: dict | No
     if opts.reduction_factor <= 1:
         raise UserError(f"--reduction-factor: must be > 1, got {opts.reduction_factor}")
     if opts.name == "asha":
-        return ASHAScheduler(time_attr=TIME_ATTR, metric=metric, mode="max", max_t=opts.max_t,
+        return ASHAScheduler(time_attr=TIME_ATTR, max_t=opts.max_t,
                              grace_period=opts.grace(), reduction_factor=opts.reduction_factor,
                              brackets=opts.brackets)
     if opts.name == "noise-asha":
         from sweep.schedulers import NoiseAwareASHA
 
-        return NoiseAwareASHA(time_attr=TIME_ATTR, metric=metric, mode="max", max_t=opts.max_t,
+        return NoiseAwareASHA(time_attr=TIME_ATTR, max_t=opts.max_t,
                               grace_period=opts.grace(), reduction_factor=opts.reduction_factor,
                               brackets=opts.brackets, k=opts.noise_k, decisions_path=opts.decisions_path)
     if opts.name == "pbt":
         if not pbt_mutations:
             raise UserError("--scheduler pbt: the space has no continuous nuisance/scientific range to mutate")
-        return PopulationBasedTraining(time_attr=TIME_ATTR, metric=metric, mode="max",
-                                       perturbation_interval=max(1, opts.grace()),
+        return PopulationBasedTraining(time_attr=TIME_ATTR, perturbation_interval=max(1, opts.grace()),
                                        hyperparam_mutations=pbt_mutations)
     raise UserError(f"--scheduler: {opts.name!r} is not one of asha, fifo, pbt, noise-asha")
 
