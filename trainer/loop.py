@@ -61,7 +61,7 @@ def fit_sft(cfg: TrainConfig, task: Task, log: Callable[[str], None] = print) ->
     torch.manual_seed(cfg.run.seed)
     model = task.new_model()
     groups = task.beam_train
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.sft_lr, weight_decay=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.sft_lr, weight_decay=1e-3, fused=True)
     total = cfg.sft.sft_epochs * steps_per_epoch(groups.num_queries, cfg.sft.sft_batch_size)
     sched = lr_scheduler(opt, "cosine", 0.05, total)
     gen = seeded(cfg.run.seed, "sft")

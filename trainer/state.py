@@ -116,7 +116,8 @@ class RunState:
         cfg, rce = self.cfg, self.phase == "rce"
         lr = cfg.rce.rce_lr if rce else cfg.grpo.grpo_lr
         epochs = cfg.rce.rce_epochs if rce else cfg.grpo.grpo_epochs
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.optim.weight_decay,
+                                           fused=True)  # one kernel per step: ~20% of a batch-1 step on CPU
         total = epochs * steps_per_epoch(self.n_train, cfg.optim.batch_size)
         self.scheduler = lr_scheduler(self.optimizer, cfg.optim.lr_schedule, cfg.optim.warmup_ratio, total)
 
