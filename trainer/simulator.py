@@ -50,7 +50,8 @@ DEFAULT_CACHE_ROOT = Path(os.environ.get("ICD_SIM_CACHE",
 # sft_sequences_fn(bench, files, query_ids [Q], k) -> [Q, k] global ids in prompt order,
 # as a callable or a "module:function" string (imported lazily, so the trainer may import
 # this module). The report's "sft" row needs it; it must train on bench.train_query_ids() only.
-SFT_BASELINE: Callable[["Benchmark", BenchmarkFiles, torch.Tensor, int], torch.Tensor] | str | None = None
+SFT_BASELINE: Callable[["Benchmark", BenchmarkFiles, torch.Tensor, int], torch.Tensor] | str | None = (
+    "trainer.warmup:simulator_sft_sequences")
 
 
 @dataclass(eq=False, repr=False)

@@ -68,3 +68,35 @@ def prepare_warm_start(cfg: TrainConfig, source: DataSource, cache_dir: str | Pa
             atomic_torch_save({"model_state_dict": rce_state, "config": cfg.to_dict()}, rpath)
             info.update(rce=f"computed {rpath}", rce_runs=1)
     return WarmStart(sft_state=sft_state, rce_state=rce_state, info=info)
+
+
+_REPORT_SFT: dict = {}
+
+
+def simulator_sft_sequences(bench, files, query_ids, k: int):
+    """The simulator report's "sft" column: our SFT recipe on the benchmark's own training anchors.
+
+    Trained once per benchmark (default config) on ``bench.train_query_ids()``
+    only, since the report evaluates the benchmark's held-out anchors; returns
+    [Q, k] global ids decoded greedily from each query's pool.
+    """
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.data.build import build_dataset, select_split
+    from trainer.evaluate import decode_sequences
+
+    if bench.key not in _REPORT_SFT:
+        cfg = TrainConfig()
+        source = DataSource.from_files(embeddings=str(files.embeddings), rl=str(files.rl), beam=str(files.beam),
+                                       pools=str(files.pools), evaluator="simulator", bench=bench)
+        task = source.task(cfg)
+        dataset, _, _ = build_dataset(embeddings=source.embeddings, rl=source.rl, beam=source.beam,
+                                      pools=source.pools, data_cfg=cfg.data, check_finite=False)
+        task.beam_train = select_split(dataset.beam, bench.train_query_ids())
+        model = task.new_model()
+        model.load_state_dict(fit_sft(cfg, task, log=lambda s: None))
+        _REPORT_SFT[bench.key] = (model, task.embeddings)
+    model, embeddings = _REPORT_SFT[bench.key]
+    pool = torch.stack([bench.pool(int(q)) for q in query_ids])
+    return decode_sequences(model, embeddings, query_ids, pool, torch.ones_like(pool, dtype=torch.bool), k)[k]

@@ -412,3 +412,15 @@ def test_a_selector_learned_from_beams_beats_random(bench, default_report):
         seqs = bench.pools[bench.rows(ev)].gather(1, top[:, 2 - k:])
         acc = float(bench.p_correct(ev, seqs).double().mean())
         assert acc >= default_report[f"shot{k}"]["random"] + 0.05
+
+
+@pytest.mark.slow
+def test_sft_selector_beats_random_by_five_points_at_shots_1_and_2():
+    """The fourth required property: the trainer's SFT recipe learns the benchmark (about 30 s)."""
+    from trainer import simulator
+
+    bench = simulator.Benchmark.build(simulator.DEFAULT_SPEC)
+    files = simulator.ensure_files(simulator.DEFAULT_SPEC)
+    out = simulator.report(bench, files, shots=(1, 2), sft_fn=simulator.resolve_sft_baseline())
+    for shot in ("shot1", "shot2"):
+        assert out[shot]["sft"] >= out[shot]["random"] + 0.05, out
