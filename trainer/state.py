@@ -33,6 +33,7 @@ class EvalSplit:
     query_ids: torch.Tensor   # [Q]
     pool: torch.Tensor        # [Q, P] global ids
     pool_mask: torch.Tensor   # [Q, P]
+    groups: QueryGroups | None = None   # recorded candidates of these queries (real data), for ranking metrics
 
 
 @dataclass
@@ -56,7 +57,33 @@ def evaluate_split(model: PointerSelector, task: Task, split: str, max_shot: int
     if s is None:
         return EvalReport(query_ids=torch.empty(0, dtype=torch.long))
     seqs = decode_sequences(model, task.embeddings, s.query_ids, s.pool, s.pool_mask, max_shot)
-    return evaluate_sequences(task.evaluator, s.query_ids, seqs)
+    report = evaluate_sequences(task.evaluator, s.query_ids, seqs)
+    if s.groups is not None and s.groups.num_queries:
+        report.extra.update(ranking_metrics(reference_logp(model, s.groups, task), s.groups))
+    return report
+
+
+def ranking_metrics(logp: torch.Tensor, groups: QueryGroups) -> dict[str, float]:
+    """How the policy ranks the recorded candidates, whatever it would decode.
+
+    ``expected_reward``: sum_c softmax(logp over the recorded group)_c * acc_c,
+    averaged over queries; ``ndcg``: NDCG of the candidates sorted by logp with
+    acc as gain. Both are defined on every recorded query, so they stay
+    informative where the lookup evaluator's coverage is low.
+
+    Args:
+        logp: [Q, C] sequence log-probs; groups: the same queries' QueryGroups.
+    """
+    mask, gain = groups.seq_mask, groups.acc.double()
+    weights = torch.softmax(logp.double().masked_fill(~mask, -math.inf), dim=1).nan_to_num(0.0)
+    expected = (weights * gain).sum(1)
+    order = logp.masked_fill(~mask, -math.inf).argsort(dim=1, descending=True)
+    discount = 1.0 / torch.log2(torch.arange(mask.shape[1], dtype=torch.float64) + 2.0)
+    dcg = (torch.gather(gain * mask, 1, order) * discount).sum(1)
+    ideal = ((gain * mask).sort(dim=1, descending=True).values * discount).sum(1)
+    has_gain = ideal > 0
+    ndcg = (dcg[has_gain] / ideal[has_gain]).mean() if has_gain.any() else torch.tensor(math.nan)
+    return {"expected_reward": float(expected.mean()), "ndcg": float(ndcg)}
 
 
 @torch.no_grad()

@@ -87,7 +87,10 @@ class DataSource:
             ids = torch.tensor([q for q in getattr(split, name).tolist() if q in dataset.pools], dtype=torch.long)
             if len(ids):
                 pool, pool_mask = stack_pools(dataset.pools, ids)
-                splits[name] = EvalSplit(ids, pool, pool_mask)
+                # ranking metrics over recorded candidates: real data only (the simulator scores exactly)
+                groups = None if self.evaluator == "simulator" else dataset.rl.select(
+                    torch.isin(dataset.rl.query_ids, ids))
+                splits[name] = EvalSplit(ids, pool, pool_mask, groups)
         if "val" not in splits:
             raise UserError("val_fraction: no validation query has a candidate pool; add queries or pools")
         return Task(model_cfg=cfg.model, embeddings=self.embeddings, train=train, beam_train=beam_train,

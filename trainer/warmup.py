@@ -63,7 +63,11 @@ def prepare_warm_start(cfg: TrainConfig, source: DataSource, cache_dir: str | Pa
             info["rce"] = f"cached {rpath}"
         else:
             log(f"RCE warm-up: running once for the whole sweep ({cfg.rce.rce_epochs} epochs)")
-            result = train(cfg.replace(grpo_epochs=0), task, lambda m, s: None, sft_state=sft_state)
+            def progress(m: dict, save) -> None:
+                log(f"rce epoch {m['epoch']}/{cfg.rce.rce_epochs}: loss {m['rce_loss']:.4f}, "
+                    f"val acc_mean {m['acc_mean']:.4f}")
+
+            result = train(cfg.replace(grpo_epochs=0), task, progress, sft_state=sft_state)
             rce_state = result.final_state
             atomic_torch_save({"model_state_dict": rce_state, "config": cfg.to_dict()}, rpath)
             info.update(rce=f"computed {rpath}", rce_runs=1)

@@ -105,3 +105,20 @@ def test_nothing_to_train_evaluates_the_start_once(tiny):
     sft = fit_sft(cfg, task, log=lambda s: None)
     result, reports = run(cfg, task, sft)
     assert len(reports) == 1 and reports[0]["train_finished"] and not math.isnan(result.best_acc_mean)
+
+
+def test_ranking_metrics_on_a_hand_made_group():
+    from trainer.data.groups import QueryGroups
+    from trainer.state import ranking_metrics
+
+    # one query, 3 recorded candidates (the third padded): acc 1.0 and 0.0
+    groups = QueryGroups(query_ids=torch.tensor([0]), pool=torch.zeros(1, 2, dtype=torch.long),
+                         pool_mask=torch.ones(1, 2, dtype=torch.bool), seqs=torch.zeros(1, 3, 2, dtype=torch.long),
+                         seq_mask=torch.tensor([[True, True, False]]), correct=torch.tensor([[1.0, 0.0, 0.0]]),
+                         acc=torch.tensor([[1.0, 0.0, 0.0]]), beam_score=torch.zeros(1, 3))
+    # logp ln(3) vs 0: softmax weights 3/4, 1/4 -> expected reward 0.75; best ranked first -> NDCG 1
+    out = ranking_metrics(torch.tensor([[math.log(3.0), 0.0, 5.0]]), groups)
+    assert out["expected_reward"] == pytest.approx(0.75) and out["ndcg"] == pytest.approx(1.0)
+    # reversed ranking: DCG = 1/log2(3), ideal 1
+    out = ranking_metrics(torch.tensor([[0.0, math.log(3.0), 5.0]]), groups)
+    assert out["expected_reward"] == pytest.approx(0.25) and out["ndcg"] == pytest.approx(1 / math.log2(3))
