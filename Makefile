@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pinned first so that a CPU machine never resolves torch to a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-slow test-all bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 # The default suite (slow tests excluded); `make test-all` adds them.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The slow tests alone (cluster, kill-and-resume, long sweeps); CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
