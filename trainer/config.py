@@ -115,12 +115,26 @@ class RCEConfig(_Validated):
     rce_use_raw_reward: bool = hp(False, "weight by raw rewards instead of normalised ones")
 
 
+ALGORITHMS = ("grpo", "rce_only", "raft", "rwr", "dpo", "grpo_anchor", "dr_grpo", "online_grpo")
+"""Post-training objectives (trainer.algorithms); every one runs after the same RCE warm-up."""
+
+
 @dataclass
 class GRPOConfig(_Validated):
-    """Offline GRPO: group advantages, PPO clip against the old policy, k3 KL penalty."""
+    """The post-training stage: offline GRPO by default, or another ``algorithm``.
 
-    grpo_epochs: int = hp(25, "epochs of GRPO after the warm-up (0 = RCE only)", low=0, high=1000)
-    grpo_lr: float = hp(5e-6, "AdamW learning rate for GRPO", low=0.0, low_open=True, high=1.0)
+    ``grpo_epochs`` and ``grpo_lr`` are the stage's budget and learning rate for every
+    algorithm (the names stay, since ASHA counts ``grpo_epoch``); each algorithm reads
+    only its own fields below (see :func:`inactive_fields`).
+    """
+
+    grpo_epochs: int = hp(25, "epochs of the post-training stage after the warm-up, whatever the "
+                          "algorithm (0 = RCE only)", low=0, high=1000)
+    grpo_lr: float = hp(5e-6, "AdamW learning rate of the post-training stage", low=0.0, low_open=True,
+                        high=1.0)
+    algorithm: str = hp("grpo", "post-training objective: grpo, dr_grpo (mean-centred advantages), "
+                        "grpo_anchor (+ CE on the top candidate), raft, rwr, dpo, online_grpo (policy "
+                        "samples scored by the evaluator), rce_only (no post-training)", choices=ALGORITHMS)
     kl_beta: float = hp(0.3, "weight of the KL penalty (initial value when adaptive_kl)", low=0.0, high=100.0)
     adaptive_kl: bool = hp(True, "multiply/divide kl_beta by kl_adjust_factor outside the KL band")
     kl_target_min: float = hp(0.01, "adaptive KL: shrink beta when KL is below this", low=0.0, high=1e3)
@@ -137,6 +151,24 @@ class GRPOConfig(_Validated):
     grpo_late_top_k: int = hp(5, "group = top-k candidates by reward afterwards (0 = all)", low=0, high=1000)
     old_policy_refresh: str = hp("never", "old log-probs: 'never' (the starting SFT policy) or "
                                  "'epoch' (refreshed every GRPO epoch)", choices=("never", "epoch"))
+    anchor_lambda: float = hp(0.3, "grpo_anchor: weight of the cross-entropy on each query's top-reward "
+                              "candidate", low=0.0, low_open=True, high=100.0)
+    raft_top_k: int = hp(1, "raft: imitate each query's top-k candidates by reward", low=1, high=1000)
+    raft_require_correct: bool = hp(True, "raft: keep only candidates recorded correct (a query with none "
+                                    "trains nothing)")
+    rwr_temperature: float = hp(0.5, "rwr: candidate weight exp(normalised reward / T)", low=0.0,
+                                low_open=True, high=100.0)
+    rwr_max_weight: float = hp(20.0, "rwr: weights are clipped at this (AWR's 20)", low=1.0, high=1e6)
+    dpo_beta: float = hp(0.1, "dpo: beta of -log sigmoid(beta * margin of log-ratios to the SFT reference)",
+                         low=0.0, low_open=True, high=100.0)
+    dpo_min_gap: float = hp(0.5, "dpo: pair (w, l) of one query's candidates when raw r_w - r_l > this "
+                            "(0.5 under the legacy reward: correctness differs)", low=0.0, high=100.0)
+    online_group_size: int = hp(8, "online_grpo: sequences sampled from the policy per training query (G)",
+                                low=2, high=1024)
+    online_temperature: float = hp(1.0, "online_grpo: sampling temperature (exploration only; ratios and "
+                                   "KL use the untempered policy)", low=0.0, low_open=True, high=100.0)
+    online_ppo_steps: int = hp(1, "online_grpo: optimiser steps per sampled batch (PPO's mu); the old "
+                               "policy is the one that sampled", low=1, high=64)
 
     def check(self) -> None:
         if self.kl_target_min > self.kl_target_max:
@@ -303,28 +335,18 @@ def inactive_fields(cfg: TrainConfig) -> dict[str, str]:
 
     A sweep that varies one of these would spend trials on identical runs, so
     the sweep refuses it (the knob-that-did-nothing failure of the old scripts).
+    The rules, one per algorithm and stage, are in :mod:`trainer.knobs`.
     """
-    out: dict[str, str] = {}
-    g, r, o = cfg.grpo, cfg.reward, cfg.optim
-    if cfg.rce.rce_epochs == 0:
-        for n in ("rce_lr", "rce_temp_start", "rce_temp_end", "rce_use_raw_reward"):
-            out[n] = "rce_epochs=0"
-    if g.grpo_epochs == 0:
-        for f in fields(GRPOConfig):
-            if f.name != "grpo_epochs":
-                out[f.name] = "grpo_epochs=0"
-    if not g.adaptive_kl:
-        for n in ("kl_target_min", "kl_target_max", "kl_adjust_factor"):
-            out.setdefault(n, "adaptive_kl=false")
-    if r.reward_mode != "legacy":
-        for n in ("reward_alpha", "reward_beta", "correctness_mode"):
-            out[n] = f"reward_mode={r.reward_mode}"
-    if r.reward_mode in ("legacy", "soft_only"):
-        out["hard_weight"] = f"reward_mode={r.reward_mode}"
-    if r.reward_mode in ("legacy", "hard_only"):
-        out["soft_weight"] = f"reward_mode={r.reward_mode}"
-    if r.normalize_method != "z_score_clamp":
-        out["normalize_clamp"] = f"normalize_method={r.normalize_method}"
-    if o.lr_schedule == "constant":
-        out["warmup_ratio"] = "lr_schedule=constant"
-    return out
+    from trainer.knobs import inactive_fields as rules
+
+    return rules(cfg)
+
+
+def post_epochs(cfg: TrainConfig) -> int:
+    """Epochs of the post-training stage: ``grpo_epochs``, or 0 for ``algorithm: rce_only``."""
+    return 0 if cfg.grpo.algorithm == "rce_only" else cfg.grpo.grpo_epochs
+
+
+def post_steps_per_batch(cfg: TrainConfig) -> int:
+    """Optimiser steps per batch of the post-training stage (online_grpo reuses each sample batch)."""
+    return cfg.grpo.online_ppo_steps if cfg.grpo.algorithm == "online_grpo" else 1

@@ -1,15 +1,22 @@
-"""SFT, RCE warm-up and GRPO epochs, read top to bottom.
+"""SFT, RCE warm-up and post-training epochs, read top to bottom.
 
-    train(config, task, evaluator, report)
+    train(config, task, report, sft_state=...)
 
-``report(metrics, save)`` is called after every RCE and GRPO epoch with one
-flat dict whose keys never change (Tune's strict metric check and CSV logger
-both need the first report to carry every key); ``save(directory)`` writes a
-resumable checkpoint there. Nothing here knows about Ray.
+``report(metrics, save)`` is called after every RCE and post-training epoch
+with one flat dict whose keys never change (Tune's strict metric check and CSV
+logger both need the first report to carry every key); ``save(directory)``
+writes a resumable checkpoint there. Nothing here knows about Ray.
 
-The reference ("old") policy is the SFT model the run starts from, evaluated
-in eval mode, as in the users' trainer; ``old_policy_refresh: epoch`` makes it
-the previous GRPO epoch's policy instead.
+The post-training stage runs ``algorithm`` (trainer.algorithms) for
+``grpo_epochs`` epochs whatever the algorithm; its reports carry phase
+``"grpo"`` and count ``grpo_epoch``, ASHA's time unit, so every algorithm is
+pruned on the same clock, and its loss is reported as ``grpo_loss``.
+``algorithm: rce_only`` has no such stage (as ``grpo_epochs: 0``).
+
+The GRPO family's reference ("old") policy is the SFT model the run starts
+from, evaluated in eval mode, as in the users' trainer; ``old_policy_refresh:
+epoch`` makes it the previous epoch's policy instead. DPO's reference is
+always the SFT model; online GRPO's old policy is the one that drew each batch.
 """
 from __future__ import annotations
 
@@ -20,8 +27,10 @@ from typing import Callable
 import torch
 
 from trainer import losses
+from trainer.algorithms import ALGORITHMS, StageData
 from trainer.batching import batch_indices, lr_scheduler, make_batch, rce_temperature, steps_per_epoch
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, post_epochs, post_steps_per_batch
+from trainer.online import check_oracle
 from trainer.model import PointerSelector
 from trainer.rewards import rewards_for_training
 from trainer.state import RunState, Task, evaluate_split, reference_logp, seeded
@@ -33,7 +42,7 @@ METRIC_KEYS = (
     "phase", "epoch", "grpo_epoch", "rce_loss", "rce_tau", "grpo_loss", "ppo_loss", "kl", "kl_beta",
     "clip_frac", "mean_ratio", "adv_mean", "adv_std", "adv_abs_max", "group_k", "frac_zero_std", "lr",
     "acc_shot1", "acc_shot2", "acc_shot3", "acc_shot4", "acc_mean", "acc_mean_se", "best_acc_mean", "best_epoch",
-    "train_finished", "stop_reason",
+    "train_finished", "stop_reason", "train_reward", "anchor_loss", "frac_used", "pair_acc",
 )
 
 
@@ -81,12 +90,16 @@ def fit_sft(cfg: TrainConfig, task: Task, log: Callable[[str], None] = print) ->
 
 def train(cfg: TrainConfig, task: Task, report: ReportFn, *, sft_state: dict, rce_state: dict | None = None,
           resume_dir: str | None = None, loss_hook: LossHook | None = None) -> TrainResult:
-    """RCE warm-up (skipped when ``rce_state`` is the shared warm-up) then GRPO, validating every epoch.
+    """RCE warm-up (skipped when ``rce_state`` is the shared warm-up) then post-training, validating every epoch.
 
     ``resume_dir`` is a directory an earlier ``report``'s ``save`` wrote; the
     run continues from the epoch after it, bit for bit. ``loss_hook`` sees
-    every GRPO loss before the step (fault injection in tests).
+    every post-training loss before the step (fault injection in tests).
     """
+    g, n_post = cfg.grpo, post_epochs(cfg)
+    algo = ALGORITHMS.get(g.algorithm)
+    if n_post and g.algorithm == "online_grpo":
+        check_oracle(task.evaluator)
     torch.manual_seed(cfg.run.seed)
     if resume_dir is None:
         st = RunState.start(cfg, task, sft_state, rce_state)
@@ -94,17 +107,18 @@ def train(cfg: TrainConfig, task: Task, report: ReportFn, *, sft_state: dict, rc
         st = RunState.restore(cfg, task, resume_dir, sft_state)
     raw, norm = rewards_for_training(task.train, cfg.reward)
     rce_weights = raw if cfg.rce.rce_use_raw_reward else norm
-    old_logp = reference_logp(st.ref_model, task.train, task)
+    ref_logp = reference_logp(st.ref_model, task.train, task) if n_post and algo.reference != "none" else None
 
     try:
         while st.phase == "rce" and st.stage_epoch < cfg.rce.rce_epochs:
             stats = run_rce_epoch(st, task, rce_weights, cfg)
             _end_epoch(st, task, cfg, report, stats)
         st.enter_grpo()
-        while not st.stop_reason and st.stage_epoch < cfg.grpo.grpo_epochs:
-            if cfg.grpo.old_policy_refresh == "epoch" and st.stage_epoch > 0:
-                old_logp = reference_logp(st.model, task.train, task)
-            stats = run_grpo_epoch(st, task, raw, old_logp, cfg, loss_hook)
+        while not st.stop_reason and st.stage_epoch < n_post:
+            if algo.reference == "old" and g.old_policy_refresh == "epoch" and st.stage_epoch > 0:
+                ref_logp = reference_logp(st.model, task.train, task)
+            k = g.grpo_early_top_k if st.stage_epoch < g.grpo_early_epochs else g.grpo_late_top_k
+            stats = run_post_epoch(st, task, StageData(raw, norm, ref_logp, k), cfg, loss_hook)
             _end_epoch(st, task, cfg, report, stats)
     except Diverged as exc:
         st.stop_reason = f"diverged: {exc} in {st.phase} epoch {st.stage_epoch + 1}"
@@ -137,34 +151,27 @@ def run_rce_epoch(st: RunState, task: Task, weights: torch.Tensor, cfg: TrainCon
     return {"phase": "rce", "rce_loss": _mean(losses_), "rce_tau": tau, "lr": st.lr}
 
 
-def run_grpo_epoch(st: RunState, task: Task, raw: torch.Tensor, old_logp: torch.Tensor,
-                   cfg: TrainConfig, loss_hook: LossHook | None = None) -> dict:
-    """One pass of offline GRPO over the top-k group of every training query."""
-    g, model, groups = cfg.grpo, st.model, task.train
-    k = g.grpo_early_top_k if st.stage_epoch < g.grpo_early_epochs else g.grpo_late_top_k
+def run_post_epoch(st: RunState, task: Task, data: StageData, cfg: TrainConfig,
+                   loss_hook: LossHook | None = None) -> dict:
+    """One pass of the post-training algorithm over the training queries (the one loop for all of them)."""
+    g, groups = cfg.grpo, task.train
+    algo = ALGORITHMS[g.algorithm]
     rows: list[dict] = []
-    model.train()
+    st.model.train()
     for idx in batch_indices(groups.num_queries, cfg.optim.batch_size, st.generator):
-        b = make_batch(groups, idx, task.embeddings, task.device)
-        c = b.seq_mask.shape[1]
-        r = raw[idx, :c].to(task.device)
-        # curriculum: the group is the top-k candidates by reward
-        group = losses.top_k_mask(r, b.seq_mask, k)
-        adv = losses.group_advantages(r, group, std_floor=g.std_floor, clip=g.advantage_clip)
-        new_logp = model.sequence_logp(b.query_emb, b.cand_emb, b.pool_mask, b.seqs, seq_mask=b.seq_mask)
-        loss, stats = losses.grpo_loss(new_logp, old_logp[idx, :c].to(task.device), adv, group,
-                                       clip_epsilon=g.clip_epsilon, kl_beta=st.kl_beta)
-        if loss_hook is not None:
-            loss = loss_hook(loss)
-        _step(model, st.optimizer, st.scheduler, loss, cfg.optim.grad_clip, "grpo_loss")
-        if g.adaptive_kl:
-            st.kl_beta = losses.update_kl_beta(st.kl_beta, stats["kl"], target_min=g.kl_target_min,
-                                               target_max=g.kl_target_max, factor=g.kl_adjust_factor)
-        # groups whose rewards are all equal get zero advantage: a dead batch for GRPO
-        spread = r.masked_fill(~group, -math.inf).amax(1) + r.masked_fill(~group, math.inf).amin(1).neg()
-        rows.append({"grpo_loss": loss.item(), **stats, "frac_zero_std": float((spread <= 0).float().mean())})
-    out = {key: _mean([row[key] for row in rows]) for key in rows[0]}
-    return {**out, "phase": "grpo", "kl_beta": st.kl_beta, "group_k": k, "lr": st.lr}
+        prepared = algo.prepare(st, task, cfg, data, idx)
+        for _ in range(post_steps_per_batch(cfg)):
+            loss, stats = algo.loss(st, cfg, prepared)
+            if loss_hook is not None:
+                loss = loss_hook(loss)
+            _step(st.model, st.optimizer, st.scheduler, loss, cfg.optim.grad_clip, "grpo_loss")
+            if algo.kl and g.adaptive_kl:
+                st.kl_beta = losses.update_kl_beta(st.kl_beta, stats["kl"], target_min=g.kl_target_min,
+                                                   target_max=g.kl_target_max, factor=g.kl_adjust_factor)
+            rows.append({"grpo_loss": loss.item(), **stats})
+    out = {key: _mean([row[key] for row in rows if not math.isnan(row[key])]) for key in rows[0]}
+    return {**out, "phase": "grpo", "kl_beta": st.kl_beta if algo.kl else math.nan,
+            "group_k": data.group_k if algo.curriculum else math.nan, "lr": st.lr}
 
 
 def _end_epoch(st: RunState, task: Task, cfg: TrainConfig, report: ReportFn, stats: dict,
@@ -178,7 +185,8 @@ def _end_epoch(st: RunState, task: Task, cfg: TrainConfig, report: ReportFn, sta
     # The best checkpoint is chosen among GRPO epochs (RCE epochs when there is
     # no GRPO), so a trial that starts from the shared warm-up and one that
     # runs its own RCE choose from the same set.
-    selectable = final or stats["phase"] == "grpo" or cfg.grpo.grpo_epochs == 0
+    n_post = post_epochs(cfg)
+    selectable = final or stats["phase"] == "grpo" or n_post == 0
     if selectable and metrics["acc_mean"] > st.best:
         test = evaluate_split(st.model, task, "test", cfg.eval.max_shot)
         st.record_best(metrics["acc_mean"], val, test)
@@ -187,8 +195,8 @@ def _end_epoch(st: RunState, task: Task, cfg: TrainConfig, report: ReportFn, sta
     patience = cfg.optim.early_stopping_patience
     if stats["phase"] == "grpo" and patience and st.evals_without_best >= patience:
         st.stop_reason = f"early_stopped: no better acc_mean in {patience} evaluations"
-    last_epoch = (st.phase == "grpo" and st.stage_epoch >= cfg.grpo.grpo_epochs) or (
-        cfg.grpo.grpo_epochs == 0 and st.stage_epoch >= cfg.rce.rce_epochs)
+    last_epoch = (st.phase == "grpo" and st.stage_epoch >= n_post) or (
+        n_post == 0 and st.stage_epoch >= cfg.rce.rce_epochs)
     finished = final or last_epoch or bool(st.stop_reason)
     metrics.update(stats, epoch=st.epoch, grpo_epoch=st.grpo_epochs_done, best_acc_mean=st.best_acc,
                    best_epoch=st.best_epoch, train_finished=finished,

@@ -1,4 +1,4 @@
-"""RCE and GRPO losses as pure tensor functions.
+"""RCE, GRPO and the alternative post-training losses as pure tensor functions.
 
 Shapes: B queries, C candidate sequences per query. ``mask`` [B, C] bool marks real
 candidates; padded entries may hold any value (even NaN) and never reach a result.
@@ -83,13 +83,16 @@ def rce_loss(seq_logp: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, 
 
 
 def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, *, clip_epsilon: float,
-              kl_beta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Offline GRPO: PPO-clip surrogate plus a k3 KL penalty against the old policy.
+              mask: torch.Tensor, *, clip_epsilon: float, kl_beta: float,
+              ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO: PPO-clip surrogate plus a k3 KL penalty.
 
     ``r = exp(new - old)``; ``ppo = -mean(min(r*A, clip(r, 1-eps, 1+eps)*A))``;
-    ``kl = mean(r - 1 - log r)`` (the k3 estimator on the fixed offline sequences);
     ``loss = ppo + kl_beta * kl``. Means run over valid entries of the whole batch.
+    Offline (``ref_logp`` None): ``kl = mean(r - 1 - log r)`` against the old policy, on
+    the fixed offline sequences. Online (``ref_logp`` given, the sequences were sampled
+    from the policy): DeepSeekMath's ``kl = mean(exp(ref - new) - (ref - new) - 1)``,
+    KL(pi_theta || pi_ref) estimated on the policy's own samples.
 
     Overflow guard: the log-ratio is saturated at +-``LOG_RATIO_BOUND`` (20) in value
     only, with a straight-through gradient, so r <= e^20 (~4.9e8) stays finite in
@@ -103,6 +106,7 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
         mask: [B, C] bool.
         clip_epsilon: eps of the ratio clip.
         kl_beta: weight of the KL term.
+        ref_logp: optional [B, C] float, log pi_ref(y) (treated as constant).
 
     Returns:
         (loss scalar, stats) with python floats: ``ppo_loss``, ``kl``, ``clip_frac`` (share
@@ -112,12 +116,14 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     """
     zeros = torch.zeros_like(new_logp)
     adv = torch.where(mask, advantages.detach(), zeros)
-    log_ratio = torch.where(mask, new_logp - old_logp.detach(), zeros)
-    saturated = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
-    log_ratio = log_ratio + (saturated - log_ratio).detach()
+    log_ratio = _saturate(torch.where(mask, new_logp - old_logp.detach(), zeros))
     ratio = log_ratio.exp()
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * adv)
-    k3 = ratio - 1 - log_ratio
+    if ref_logp is None:
+        k3 = ratio - 1 - log_ratio
+    else:
+        log_ref = _saturate(torch.where(mask, ref_logp.detach() - new_logp, zeros))
+        k3 = log_ref.exp() - 1 - log_ref
     n = mask.sum().clamp(min=1)
     ppo = -torch.where(mask, surrogate, zeros).sum() / n
     kl = torch.where(mask, k3, zeros).sum() / n
@@ -137,6 +143,12 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
             "adv_abs_max": float(valid_adv.abs().max()) if has_any else 0.0,
         }
     return loss, stats
+
+
+def _saturate(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Clamp to +-LOG_RATIO_BOUND in value only; the gradient passes straight through."""
+    saturated = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    return log_ratio + (saturated - log_ratio).detach()
 
 
 def update_kl_beta(kl_beta: float, kl: float, *, target_min: float, target_max: float, factor: float,
@@ -178,3 +190,87 @@ def top_k_mask(rewards: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tenso
     order = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
     keep = torch.zeros_like(mask).scatter(1, order, True)
     return keep & mask
+
+
+# ---------------------------------------------------------------------------
+# Alternatives to offline GRPO (grpo-notes §3): each reads the same batch.
+
+
+def selected_ce_loss(seq_nll: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the kept candidates only: ``sum(nll * keep) / max(#kept, 1)``.
+
+    RAFT's loss (keep = the top / correct candidates) and GRPO's SFT anchor (keep =
+    each query's top candidate). Nothing is ever pushed down. With nothing kept the
+    loss is 0 (and still differentiable).
+
+    Args:
+        seq_nll: [B, C] float, per-sequence cross-entropy (carries the gradient).
+        keep: [B, C] bool, a subset of the valid entries.
+
+    Returns:
+        scalar.
+    """
+    nll = torch.where(keep, seq_nll, torch.zeros_like(seq_nll))
+    return nll.sum() / keep.sum().clamp(min=1)
+
+
+def rwr_loss(seq_nll: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *, temperature: float,
+             max_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reward-weighted regression: ``sum_valid min(exp(r / T), w_max) * nll / #valid``.
+
+    ``rewards`` should be normalised per query (z-scored or ranked), as AWR does with
+    advantages, so T has the same meaning in every group. Unlike RCE's per-query
+    softmax the weights are not renormalised within a query: a query whose best
+    candidate stands out more trains more. Every weight is positive.
+
+    Args:
+        seq_nll: [B, C] float (carries the gradient); rewards: [B, C] float (constant).
+        mask: [B, C] bool; temperature: T > 0; max_weight: clip of the weights, >= 1.
+
+    Returns:
+        (scalar, stats) with ``weight_mean`` and ``weight_max`` over valid entries.
+    """
+    if not temperature > 0:
+        raise ValueError(f"rwr_loss: temperature must be > 0, got {temperature}")
+    r = torch.where(mask, rewards.detach(), torch.zeros_like(rewards))
+    w = torch.where(mask, (r / temperature).exp().clamp(max=max_weight), torch.zeros_like(r))
+    nll = torch.where(mask, seq_nll, torch.zeros_like(seq_nll))
+    n = mask.sum().clamp(min=1)
+    with torch.no_grad():
+        stats = {"weight_mean": float(w.sum() / n), "weight_max": float(w.max()) if w.numel() else 0.0}
+    return (w * nll).sum() / n, stats
+
+
+def preference_pairs(rewards: torch.Tensor, mask: torch.Tensor, min_gap: float) -> torch.Tensor:
+    """Ordered pairs (w, l) within each query with ``r_w - r_l > min_gap``: [B, C, C] bool (w, l)."""
+    r = torch.where(mask, rewards, torch.zeros_like(rewards))
+    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    return both & (r.unsqueeze(-1) - r.unsqueeze(-2) > min_gap)
+
+
+def dpo_loss(new_logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *,
+             beta: float, min_gap: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO over every pair of one query's candidates with a reward gap.
+
+    ``h_c = log pi(y_c) - log pi_ref(y_c)``; for each pair (w, l) with
+    ``r_w - r_l > min_gap``: ``-log sigmoid(beta * (h_w - h_l))``, averaged over all
+    pairs of the batch (0 when there is none).
+
+    Args:
+        new_logp: [B, C] float (carries the gradient); ref_logp: [B, C] float (constant).
+        rewards: [B, C] float; mask: [B, C] bool; beta > 0; min_gap >= 0.
+
+    Returns:
+        (scalar, stats) with ``frac_used`` (valid entries in at least one pair / valid
+        entries) and ``pair_acc`` (pairs whose margin h_w - h_l is positive; NaN without pairs).
+    """
+    pairs = preference_pairs(rewards, mask, min_gap)
+    h = torch.where(mask, new_logp - ref_logp.detach(), torch.zeros_like(new_logp))
+    margin = beta * (h.unsqueeze(-1) - h.unsqueeze(-2))                 # [B, C(w), C(l)]
+    per_pair = torch.where(pairs, torch.nn.functional.softplus(-margin), torch.zeros_like(margin))
+    n = pairs.sum()
+    with torch.no_grad():
+        used = (pairs.any(-1) | pairs.any(-2)) & mask
+        stats = {"frac_used": float(used.sum()) / max(int(mask.sum()), 1),
+                 "pair_acc": float(((margin > 0) & pairs).sum() / n) if n else float("nan")}
+    return per_pair.sum() / n.clamp(min=1), stats

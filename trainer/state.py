@@ -12,7 +12,7 @@ import torch
 
 from trainer.batching import lr_scheduler, steps_per_epoch
 from trainer.checkpoints import atomic_torch_save, safe_torch_load
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig, post_epochs, post_steps_per_batch
 from trainer.data.groups import QueryGroups
 from trainer.evaluate import EvalReport, Evaluator, decode_sequences, evaluate_sequences
 from trainer.model import PointerSelector
@@ -110,7 +110,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
-    phase: str                     # "rce" | "grpo"
+    phase: str                     # "rce" | "grpo" (the post-training stage, whatever the algorithm)
     kl_beta: float
     n_train: int                   # training query groups (sets steps per epoch)
     stage_epoch: int = 0           # epochs done in the current phase
@@ -142,7 +142,7 @@ class RunState:
         """A fresh AdamW and LR schedule for the current phase (each stage has its own, as in Lever-Plus)."""
         cfg, rce = self.cfg, self.phase == "rce"
         lr = cfg.rce.rce_lr if rce else cfg.grpo.grpo_lr
-        epochs = cfg.rce.rce_epochs if rce else cfg.grpo.grpo_epochs
+        epochs = cfg.rce.rce_epochs if rce else post_epochs(cfg) * post_steps_per_batch(cfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.optim.weight_decay,
                                            fused=True)  # one kernel per step: ~20% of a batch-1 step on CPU
         total = epochs * steps_per_epoch(self.n_train, cfg.optim.batch_size)

@@ -15,6 +15,7 @@ BAD = Path(__file__).parent / "fixtures" / "bad_spaces"
 
 # Trials under the default `--search grid`: configurations x nuisance draws x seeds.
 EXPECTED_TRIALS = {
+    "algorithm": 8 * 3,
     "kl_beta": 5 * 2 * 2,
     "lr": 4 * 3 * 2,
     "reward_weights": 4 * 2 * 3,
@@ -236,7 +237,7 @@ def test_unknown_space_name_lists_the_valid_ones():
         load_space("kl_bta")
     msg = str(err.value)
     assert msg.startswith("search_spaces/kl_bta.yaml: unknown search space 'kl_bta' (did you mean kl_beta?)")
-    assert "valid: batch_size, curriculum" in msg and "\n" not in msg
+    assert "valid: algorithm, batch_size, curriculum" in msg and "\n" not in msg
 
 
 def test_user_yaml_by_path_and_yaml11_exponents(tmp_path):

@@ -29,6 +29,9 @@ def test_defaults_are_the_tuning_documents_current_config():
     # Lever-Plus defaults where the document is silent
     assert (cfg.grpo.clip_epsilon, cfg.grpo.kl_target_min, cfg.grpo.kl_target_max) == (0.2, 0.01, 0.1)
     assert (cfg.rce.rce_temp_start, cfg.rce.rce_temp_end, cfg.model.num_layers) == (2.0, 0.5, 1)
+    # the post-training stage is the document's GRPO unless a study chooses another algorithm
+    assert cfg.grpo.algorithm == "grpo" and C.post_epochs(cfg) == 25
+    assert C.post_epochs(cfg.replace(algorithm="rce_only")) == 0
 
 
 def test_every_field_has_help():

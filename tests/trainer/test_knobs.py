@@ -28,6 +28,14 @@ POST_SFT = {
     "correctness_mode": ({}, "pm1"), "hard_weight": ({"reward_mode": "hard_plus_soft"}, 0.2),
     "soft_weight": ({"reward_mode": "hard_plus_soft"}, 3.0), "normalize_method": ({}, "rank"),
     "normalize_clamp": ({}, 0.5), "seed": ({}, 7),
+    # the post-training algorithms and their own fields (trainer.algorithms)
+    "algorithm": ({}, "raft"), "anchor_lambda": ({"algorithm": "grpo_anchor"}, 1.0),
+    "raft_top_k": ({"algorithm": "raft"}, 3), "raft_require_correct": ({"algorithm": "raft"}, False),
+    "rwr_temperature": ({"algorithm": "rwr"}, 2.0), "rwr_max_weight": ({"algorithm": "rwr"}, 1.5),
+    "dpo_beta": ({"algorithm": "dpo"}, 1.0), "dpo_min_gap": ({"algorithm": "dpo"}, 0.0),
+    "online_group_size": ({"algorithm": "online_grpo"}, 3),
+    "online_temperature": ({"algorithm": "online_grpo"}, 0.5),
+    "online_ppo_steps": ({"algorithm": "online_grpo"}, 2),
 }
 SFT = {"num_layers": 2, "hidden_dim": 8, "num_heads": 2, "dropout": 0.1, "attn_dropout": 0.4,
        "label_smoothing": 0.2, "sft_epochs": 1, "sft_lr": 1e-2, "sft_batch_size": 3}

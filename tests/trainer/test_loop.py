@@ -52,8 +52,14 @@ def test_shared_rce_state_skips_the_warmup(setup):
     assert [r["phase"] for r in reports] == ["grpo", "grpo"]
 
 
-def test_resume_continues_bit_for_bit(setup, tmp_path):
+@pytest.mark.parametrize("overrides", [
+    {}, {"algorithm": "dpo"}, {"algorithm": "rwr"},
+    # online: the resumed run must draw the same samples (the batch generator is checkpointed)
+    {"algorithm": "online_grpo", "online_ppo_steps": 2, "lr_schedule": "cosine"},
+], ids=["grpo", "dpo", "rwr", "online_grpo"])
+def test_resume_continues_bit_for_bit(setup, tmp_path, overrides):
     cfg, task, sft = setup
+    cfg = cfg.replace(**overrides)
     full, full_reports = run(cfg, task, sft)
 
     class Stop(Exception):
@@ -77,9 +83,10 @@ def test_resume_continues_bit_for_bit(setup, tmp_path):
     assert all(torch.equal(resumed.final_state[k], full.final_state[k]) for k in full.final_state)
 
 
-def test_non_finite_loss_stops_as_diverged(setup):
+@pytest.mark.parametrize("algorithm", ["grpo", "raft", "online_grpo"])
+def test_non_finite_loss_stops_as_diverged(setup, algorithm):
     cfg, task, sft = setup
-    result, reports = run(cfg, task, sft, loss_hook=lambda loss: loss * float("nan"))
+    result, reports = run(cfg.replace(algorithm=algorithm), task, sft, loss_hook=lambda loss: loss * float("nan"))
     assert result.stop_reason.startswith("diverged: non-finite grpo_loss")
     assert reports[-1]["train_finished"] is True
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from trainer.losses import grpo_loss, group_advantages, rce_loss, top_k_mask, update_kl_beta
+from trainer.losses import (dpo_loss, grpo_loss, group_advantages, preference_pairs, rce_loss, rwr_loss,
+                            selected_ce_loss, top_k_mask, update_kl_beta)
 
 T, F_ = True, False
 NAN = float("nan")
@@ -179,3 +180,102 @@ def test_top_k_mask_picks_valid_best_with_stable_ties():
     assert torch.equal(top_k_mask(rewards, mask, 10), mask)
     with pytest.raises(ValueError):
         top_k_mask(rewards, mask, -1)
+
+
+# ------------------------------------------------------------ online GRPO: KL against a reference
+
+
+def test_grpo_loss_with_ref_logp_uses_the_deepseek_k3_against_the_reference():
+    old = torch.tensor([[-1.0, -2.0, NAN]])
+    new = old.clone().requires_grad_(True)
+    ref = torch.tensor([[-1.0 + math.log(2.0), -2.0, NAN]])
+    adv = torch.tensor([[1.0, -1.0, NAN]])
+    mask = torch.tensor([[T, T, F_]])
+    loss, stats = grpo_loss(new, old, adv, mask, clip_epsilon=0.2, kl_beta=0.5, ref_logp=ref)
+    # r = 1 -> ppo = -mean(A) = 0. k3 = e^(ref-new) - (ref-new) - 1: 2 - ln 2 - 1 = 0.3068528 and 0;
+    # kl = 0.1534264, loss = 0.5 * kl. Against the old policy (no ref) kl would be 0.
+    assert stats["ppo_loss"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["kl"] == pytest.approx(0.1534264, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.0767132, abs=1e-6)
+    loss.backward()
+    # d/dnew: -A/n + beta * (1 - e^(ref-new)) / n = [-0.5 + 0.5 * (1 - 2) / 2, 0.5 + 0] = [-0.75, 0.5]
+    assert_close(new.grad, torch.tensor([[-0.75, 0.5, 0.0]]))
+    assert grpo_loss(new, old, adv, mask, clip_epsilon=0.2, kl_beta=0.5)[1]["kl"] == 0
+
+
+# --------------------------------------------------------------------- RAFT / anchor CE
+
+
+def test_selected_ce_loss_averages_the_kept_entries_only():
+    nll = torch.tensor([[1.0, 2.0, NAN], [3.0, 4.0, 5.0]], requires_grad=True)
+    keep = torch.tensor([[T, F_, F_], [F_, T, T]])
+    loss = selected_ce_loss(nll, keep)
+    assert_close(loss, torch.tensor(10.0 / 3.0))      # (1 + 4 + 5) / 3; the NaN is not kept
+    loss.backward()
+    assert_close(nll.grad, keep.float() / 3.0)
+    nothing = selected_ce_loss(nll, torch.zeros(2, 3, dtype=torch.bool))
+    assert float(nothing.detach()) == 0.0 and nothing.requires_grad
+
+
+# ------------------------------------------------------------------------------- RWR
+
+
+def test_rwr_loss_exponential_weights_clipped_and_not_renormalised():
+    nll = torch.tensor([[1.0, 2.0], [3.0, NAN]], requires_grad=True)
+    rewards = torch.tensor([[0.0, 0.5 * math.log(3.0)], [1.0, NAN]])
+    mask = torch.tensor([[T, T], [T, F_]])
+    # T = 0.5: weights exp(0) = 1, exp(ln 3) = 3, exp(2) = 7.389; three valid entries.
+    loss, stats = rwr_loss(nll, rewards, mask, temperature=0.5, max_weight=100.0)
+    assert_close(loss, torch.tensor((1 * 1 + 3 * 2 + math.exp(2) * 3) / 3))
+    assert stats["weight_max"] == pytest.approx(math.exp(2))
+    loss.backward()
+    assert_close(nll.grad, torch.tensor([[1 / 3, 1.0], [math.exp(2) / 3, 0.0]]))
+    # max_weight 2 clips the 3 and the 7.389: (1 + 2 * 2 + 2 * 3) / 3 = 11 / 3
+    clipped, stats = rwr_loss(nll, rewards, mask, temperature=0.5, max_weight=2.0)
+    assert_close(clipped, torch.tensor(11.0 / 3.0))
+    assert stats["weight_mean"] == pytest.approx(5.0 / 3.0)
+    with pytest.raises(ValueError, match="temperature"):
+        rwr_loss(nll, rewards, mask, temperature=0.0, max_weight=2.0)
+
+
+# ------------------------------------------------------------------------------- DPO
+
+
+def test_preference_pairs_need_a_gap_larger_than_min_gap():
+    rewards = torch.tensor([[1.0, 0.0, 0.9, 5.0]])
+    mask = torch.tensor([[T, T, T, F_]])
+    got = preference_pairs(rewards, mask, 0.5)
+    expected = torch.zeros(1, 4, 4, dtype=torch.bool)
+    expected[0, 0, 1] = expected[0, 2, 1] = True      # 1.0 > 0.0 and 0.9 > 0.0; 1.0 vs 0.9 is too close
+    assert torch.equal(got, expected)
+    assert int(preference_pairs(rewards, mask, 0.0).sum()) == 3
+
+
+def test_dpo_loss_hand_computed_pairs_and_gradient():
+    new = torch.tensor([[-1.0, -2.0, -3.0, NAN], [-1.0, -1.0, NAN, NAN]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.5, -1.5, NAN], [-2.0, -2.0, NAN, NAN]])
+    rewards = torch.tensor([[1.0, 0.0, 0.9, 9.0], [0.3, 0.3, 0.0, 0.0]])
+    mask = torch.tensor([[T, T, T, F_], [T, T, F_, F_]])
+    loss, stats = dpo_loss(new, ref, rewards, mask, beta=1.0, min_gap=0.5)
+    # h = new - ref = [0.5, -0.5, -1.5]; pairs (0 > 1): margin 1 -> softplus(-1) = 0.3132617;
+    # (2 > 1): margin -1 -> softplus(1) = 1.3132617. Mean over 2 pairs = 0.8132617. Query 1: equal rewards.
+    assert_close(loss, torch.tensor(0.8132617), atol=1e-6, rtol=0)
+    assert stats["pair_acc"] == 0.5 and stats["frac_used"] == pytest.approx(3 / 5)
+    loss.backward()
+    s1, s_1 = 1 / (1 + math.e), 1 / (1 + math.exp(-1))   # sigmoid(-1), sigmoid(1)
+    # d/dh_w = -beta * sigmoid(-margin) / n, d/dh_l = +beta * sigmoid(-margin) / n
+    expected = torch.tensor([[-s1 / 2, (s1 + s_1) / 2, -s_1 / 2, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert_close(new.grad, expected, atol=1e-6, rtol=0)
+    # beta scales the margin: beta 2 -> softplus(-2) and softplus(2)
+    loss2, _ = dpo_loss(new, ref, rewards, mask, beta=2.0, min_gap=0.5)
+    expected2 = (math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2
+    assert float(loss2.detach()) == pytest.approx(expected2, abs=1e-6)
+
+
+def test_dpo_loss_without_pairs_is_zero_and_differentiable():
+    new = torch.zeros(1, 2, requires_grad=True)
+    loss, stats = dpo_loss(new, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool),
+                           beta=0.1, min_gap=0.0)
+    loss.backward()
+    assert float(loss.detach()) == 0 and math.isnan(stats["pair_acc"]) and stats["frac_used"] == 0
+    assert torch.equal(new.grad, torch.zeros(1, 2))
