@@ -149,6 +149,8 @@ class GRPOConfig(_Validated):
     grpo_early_top_k: int = hp(3, "group = top-k candidates by reward in early epochs (0 = all)",
                                low=0, high=1000)
     grpo_late_top_k: int = hp(5, "group = top-k candidates by reward afterwards (0 = all)", low=0, high=1000)
+    post_dropout: bool = hp(True, "dropout stays on while post-training computes new log-probs (Lever-Plus); "
+                            "false = TRL's disable_dropout: the PPO ratio then compares like with like")
     old_policy_refresh: str = hp("never", "old log-probs: 'never' (the starting SFT policy) or "
                                  "'epoch' (refreshed every GRPO epoch)", choices=("never", "epoch"))
     anchor_lambda: float = hp(0.3, "grpo_anchor: weight of the cross-entropy on each query's top-reward "

@@ -53,10 +53,12 @@ def inactive_fields(cfg: TrainConfig) -> dict[str, str]:
         elif alg == "rce_only":
             out["grpo_epochs"] = why
     else:
-        own = set(ALGORITHM_FIELDS[alg]) | {"grpo_epochs", "grpo_lr", "algorithm"}
+        own = set(ALGORITHM_FIELDS[alg]) | {"grpo_epochs", "grpo_lr", "algorithm", "post_dropout"}
         for f in fields(GRPOConfig):
             if f.name not in own:
                 out[f.name] = f"algorithm={alg}"
+        if not (cfg.model.dropout or cfg.model.attn_dropout):
+            out["post_dropout"] = "dropout=0 and attn_dropout=0"
         if not g.adaptive_kl:
             for n in ("kl_target_min", "kl_target_max", "kl_adjust_factor"):
                 out.setdefault(n, "adaptive_kl=false")

@@ -157,7 +157,9 @@ def run_post_epoch(st: RunState, task: Task, data: StageData, cfg: TrainConfig,
     g, groups = cfg.grpo, task.train
     algo = ALGORITHMS[g.algorithm]
     rows: list[dict] = []
-    st.model.train()
+    # Old/reference log-probs come from eval mode; with dropout on, the ratio of an unchanged
+    # policy is already far from 1 (the users' setting), so post_dropout=false is offered.
+    st.model.train(g.post_dropout)
     for idx in batch_indices(groups.num_queries, cfg.optim.batch_size, st.generator):
         prepared = algo.prepare(st, task, cfg, data, idx)
         for _ in range(post_steps_per_batch(cfg)):

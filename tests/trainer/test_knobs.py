@@ -20,7 +20,7 @@ POST_SFT = {
     "adaptive_kl": ({}, False), "kl_target_min": ({"kl_target_max": 1000.0}, 999.0),
     "kl_target_max": ({}, 1000.0), "kl_adjust_factor": ({}, 3.0), "clip_epsilon": ({}, 0.05),
     "advantage_clip": ({}, 0.3), "std_floor": ({}, 2.0), "grpo_early_epochs": ({}, 0),
-    "grpo_early_top_k": ({}, 2), "grpo_late_top_k": ({}, 3), "old_policy_refresh": ({}, "epoch"),
+    "grpo_early_top_k": ({}, 2), "grpo_late_top_k": ({}, 3), "old_policy_refresh": ({}, "epoch"), "post_dropout": ({}, False),
     "batch_size": ({}, 2), "weight_decay": ({}, 0.5), "grad_clip": ({}, 0.01),
     "lr_schedule": ({}, "cosine"), "warmup_ratio": ({"lr_schedule": "cosine"}, 0.6),
     "early_stopping_patience": ({"grpo_epochs": 4, "grpo_lr": 1e-9}, 1),
