@@ -127,7 +127,11 @@ def build_comparison(leaderboard: pd.DataFrame, evaluations: dict[str, dict], ba
             streams.append(stream)
         return series[key]
 
+    # between-seed variance of each metric, pooled over the configurations (stats.seed_variance)
+    seeded = {m: stats.seed_variance([v for e in ents if e.kind == "config"
+                                      for v in [E.values(e, "val", m)] if v is not None]) for m in METRICS}
     rows, cis, tests, diffs = [], [], [], []   # tests: (row, metric, ref tag, idx a, idx b, identical)
+    seed_var, seed_df = [], []                 # per test: variance the seeds add to the mean difference
     for ei, ent in enumerate(ents):
         is_cfg = ent.kind == "config"
         row = {"row": ent.row, "kind": ent.kind, "label": "original" if ent is orig else
@@ -161,6 +165,10 @@ def build_comparison(leaderboard: pd.DataFrame, evaluations: dict[str, dict], ba
                               resampled(index_of[id(ref)], m, b, shots, 1), same))
                 diffs.append(a.mean(0) - b.mean(0))
                 row[f"{m}_diff_{tag}"] = float(diffs[-1].mean())
+                # seeded configurations carry seed variance; a baseline is one fixed checkpoint
+                weight = sum(1.0 / len(x.seeds) for x in (ent, ref) if x.kind == "config")
+                seed_var.append(seeded[m][0] * weight)
+                seed_df.append(seeded[m][1])
         t = E.values(ent, "test", "acc_mean")
         if t is not None:
             row["acc_mean_test"] = float(t.mean())
@@ -180,7 +188,7 @@ def build_comparison(leaderboard: pd.DataFrame, evaluations: dict[str, dict], ba
     if tests:
         d_reps = reps[[t[3] for t in tests]] - reps[[t[4] for t in tests]]
         bounds = np.quantile(d_reps, q, axis=1)
-        raw = stats.sign_flip_pvalues(np.vstack(diffs), n_boot=N_BOOT)
+        raw = stats.combined_pvalues(np.vstack(diffs), np.array(seed_var), np.array(seed_df), n_boot=N_BOOT)
     # Holm over every test of the table; identical selections need no test (p = 1)
     family = [i for i, t in enumerate(tests) if not t[5]]
     adj_of = dict(zip(family, stats.holm(raw[family]))) if family else {}
@@ -219,6 +227,7 @@ def build_comparison(leaderboard: pd.DataFrame, evaluations: dict[str, dict], ba
                   median_discordance=float(np.median(discord)) if discord else math.nan,
                   p_ref=float(E.values(sft, "val", "acc_mean").mean()) if sft is not None else 0.5,
                   skipped=skipped, pairs=pairs, boundary=boundary, has_best=bool(scored),
+                  seed_var=seeded["acc_mean"],
                   statuses=leaderboard["status"].value_counts().to_dict())
     return table, render_markdown(table, hp_cols, footer)
 
@@ -286,6 +295,15 @@ def _drift_cell(r: dict) -> str:
     return "/".join("-" if pd.isna(x) else f"{x:.2f}" for x in (r[f"drift_sft_shot{k}"] for k in SHOT_KEYS))
 
 
+def _seed_note(seed_var: tuple[float, int]) -> str:
+    """How seed variance entered the p-values (stats.combined_pvalues), for the footer."""
+    sigma2, df = seed_var
+    if not df:
+        return " (one seed per configuration: seed variance is not in the p-values)"
+    return (f" and, for seeded configurations, a t-test that adds the between-seed variance (seed sd of "
+            f"acc_mean {100 * math.sqrt(sigma2):.1f} points, {df} df; the larger p counts)")
+
+
 def render_markdown(table: pd.DataFrame, hp_cols: list[str], f: dict) -> str:
     """Headline table (acc_mean), per-shot table, notes and the noise footer."""
     recs = table.to_dict("records")
@@ -332,13 +350,16 @@ def render_markdown(table: pd.DataFrame, hp_cols: list[str], f: dict) -> str:
     notes.append("Trials: " + ", ".join(f"{f['statuses'].get(s, 0)} {s}"
                                         for s in ("completed", "pruned", "errored", "diverged")) + ".")
     d, n, p_ref = f["median_discordance"], f["n_val"], f["p_ref"]
+    m = max(f["n_tests"], 1)
+    # Holm tests the smallest p at alpha/m and the largest at alpha: the MDE of a verdict lies in between
     paired = (f"paired at the median discordance d = {d:.3f}: {100 * stats.min_detectable_effect(n, d):.1f} "
-              "points" if n and not math.isnan(d) else "paired: n/a (no comparison with SFT)")
+              f"points per comparison, {100 * stats.min_detectable_effect(n, d, alpha=ALPHA / m):.1f} at the "
+              f"Holm worst case alpha/{m}" if n and not math.isnan(d) else "paired: n/a (no comparison with SFT)")
     unpaired = (f"unpaired at p = {p_ref:.2f}: {100 * stats.min_detectable_effect_unpaired(n, p_ref):.1f} "
                 "points" if n else "unpaired: n/a")
     footer = [f"Queries: {f['n_val']} validation, {f['n_test']} test (configurations are chosen on "
               "validation; test is held out).",
-              f"Tests: paired sign-flip per query, Holm-corrected over the {f['n_tests']} comparisons of "
-              f"this table, alpha {ALPHA}; CIs: bootstrap over queries and seeds.",
+              f"Tests: paired sign-flip per query{_seed_note(f['seed_var'])}, Holm-corrected over the "
+              f"{f['n_tests']} comparisons of this table, alpha {ALPHA}; CIs: bootstrap over queries and seeds.",
               f"Minimum detectable effect at n = {n} (80% power, alpha {ALPHA}): {paired}; {unpaired}."]
     return "\n".join(lines + [""] + [f"- {x}" for x in notes] + [""] + footer) + "\n"

@@ -94,15 +94,21 @@ def shot_order(k: str) -> tuple:
     return (0, int(k)) if k.isdigit() else (1, k)
 
 
-def load_entities(board: pd.DataFrame, evaluations: dict, baselines: dict) -> tuple[list[Entity], dict, int]:
-    """Baseline and configuration entities; also the split sizes and skipped evaluation count."""
-    splits = ("val", "test")
+def table_query_ids(evaluations: dict, baselines: dict) -> dict[str, list[int] | None]:
+    """split -> the query ids every row is aligned to (SFT's, else the most common)."""
     ids = {}
-    for sp in splits:
+    for sp in ("val", "test"):
         cands = [b.get(sp) for b in baselines.values() if isinstance(b, dict)]
         cands += [ev.get(sp) for ev in evaluations.values() if isinstance(ev, dict)]
         sft = baselines.get("sft")
         ids[sp] = _canonical_ids([sft.get(sp)] if isinstance(sft, dict) else []) or _canonical_ids(cands)
+    return ids
+
+
+def load_entities(board: pd.DataFrame, evaluations: dict, baselines: dict) -> tuple[list[Entity], dict, int]:
+    """Baseline and configuration entities; also the split sizes and skipped evaluation count."""
+    splits = ("val", "test")
+    ids = table_query_ids(evaluations, baselines)
     skipped = 0
     ents = []
     for name in BASELINES:
@@ -150,3 +156,25 @@ def drift(ent: Entity, ref: Entity) -> dict[str, float]:
 
 def signature(sel: Any) -> Any:
     return (sel.shape, sel.tobytes()) if isinstance(sel, np.ndarray) else tuple(map(tuple, sel))
+
+
+def trial_drift(trial_ids: list[str], evaluations: dict, baselines: dict, shots=("1", "2", "3", "4")) -> pd.DataFrame:
+    """Per trial and shot, the fraction of validation queries whose selection differs from SFT's.
+
+    Returns a DataFrame with ``trial_id`` and ``drift_sft_shot<k>`` per shot in
+    ``shots`` (one row per id, in order); NaN where the trial has no aligned
+    evaluation, the shot is missing, or there are no SFT selections.
+    """
+    ids = table_query_ids(evaluations, baselines or {})["val"]
+    sft = (baselines or {}).get("sft")
+    ref = _aligned(sft.get("val"), ids) if ids and isinstance(sft, dict) else None
+    rows = []
+    for tid in trial_ids:
+        ev = evaluations.get(tid)
+        got = _aligned(ev.get("val"), ids) if ref and isinstance(ev, dict) else None
+        row = {"trial_id": tid}
+        for k in shots:
+            ok = got is not None and k in got[1] and k in ref[1]
+            row[f"drift_sft_shot{k}"] = stats.selection_drift(got[1][k][0], ref[1][k][0]) if ok else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["trial_id"] + [f"drift_sft_shot{k}" for k in shots])

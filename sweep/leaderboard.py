@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from sweep.comparison import build_comparison
+from sweep.evaluations import trial_drift
 from trainer.errors import UserError
 
 __all__ = ["TrialRecord", "collect_trials", "build_leaderboard", "build_comparison", "write_outputs",
@@ -305,6 +306,9 @@ def write_outputs(exp_dirs: str | Path | Sequence[str | Path], out_dir: str | Pa
     board = build_leaderboard(records, meta["hyperparameters"])
     evaluations = {r.trial_id: r.evaluation for r in records if r.evaluation}
     table, markdown = build_comparison(board, evaluations, baselines, meta)
+    # selection drift vs SFT per trial and shot (0 everywhere: the trial cannot differ from SFT)
+    board = board.merge(trial_drift([str(t) for t in board["trial_id"]], evaluations, baselines),
+                        on="trial_id", how="left")
     written = {
         "leaderboard.csv": _atomic_write(out / "leaderboard.csv", lambda t: board.to_csv(t, index=False)),
         "comparison.csv": _atomic_write(out / "comparison.csv", lambda t: table.to_csv(t, index=False)),

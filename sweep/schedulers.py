@@ -73,7 +73,12 @@ class NoiseAwareASHA(FIFOScheduler):
         self._bracket_of.pop(trial.trial_id, None)
 
     def decide(self, trial_id: str, t: float, value: float, se: float | None) -> str:
-        """The decision for one result; pure bookkeeping, so it is unit-testable without Tune."""
+        """The decision for one result; pure bookkeeping, so it is unit-testable without Tune.
+
+        ``t`` is the trial's ``time_attr``, ``value`` its metric, ``se`` the
+        metric's standard error (None or NaN: 0). Every rung the result reaches
+        for the first time is decided and logged, lowest first, until one says stop.
+        """
         b = self._bracket_of.setdefault(trial_id, 0)
         se = 0.0 if se is None or not math.isfinite(se) else float(se)
         action = TrialScheduler.CONTINUE
@@ -93,6 +98,8 @@ class NoiseAwareASHA(FIFOScheduler):
                     decision = "continue"
             recorded[trial_id] = score
             self._log(trial_id, milestone, value, self._sign * cutoff, se, len(recorded) - 1, decision)
+            if action == TrialScheduler.STOP:
+                break  # a stopped trial's value must not count at the higher rungs this result also passed
         if action == TrialScheduler.CONTINUE and t >= self._max_t:
             action = TrialScheduler.STOP  # the budget is spent
         return action

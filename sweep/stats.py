@@ -1,10 +1,20 @@
 """Noise statistics for comparing selectors on the same evaluation queries.
 
 Everything works on per-query correctness arrays ``[seeds, n_queries]`` with
-values in [0, 1] (exact expected accuracy or sampled 0/1), numpy only. The
+values in [0, 1] (exact expected accuracy or sampled 0/1), in numpy (scipy for
+Student's t). The
 numbers behind the defaults are in grpo-notes §4.2: at 200 queries a paired
 comparison resolves about 4-6 points, so every difference in the comparison
 table carries a paired test, a Holm correction and a minimum detectable effect.
+
+The per-query sign-flip test conditions on the trained models: it asks whether
+*these* seeds differ, and a seed that happens to train 1-2 points better is a
+"difference" to it (A/A false positives of 9-21% at a seed spread of 1-2
+points, 200 queries, 3 seeds; bench/aa_check.py, sweep/aa.py). Where a configuration has
+several seeds, the reported p-value is therefore the larger of the sign-flip
+p and a Welch-Satterthwaite t-test whose variance adds the between-seed
+variance of the mean accuracy (``seed_variance``, pooled over the table's
+configurations); a fixed checkpoint such as SFT contributes no seed variance.
 
 Resampling draws are cached per (size, n_boot, seed), so every row of a table
 is resampled with the same query draws (common random numbers: differences
@@ -175,7 +185,9 @@ def paired_test(a, b, *, n_boot: int = 2000, seed: int = 0) -> PairedResult:
         b: [seeds_b, n] correctness of selector b.
     The per-query difference is d_q = mean_seeds(a)_q - mean_seeds(b)_q. The CI
     resamples queries jointly for a and b (pairing) and the seeds of each side
-    independently; the p-value is ``sign_flip_pvalues`` of d.
+    independently. The p-value is ``sign_flip_pvalues`` of d, or, when a side
+    has >= 2 seeds, ``combined_pvalues`` with the seed variance pooled over the
+    two sides (a single-seed side is taken as the fixed checkpoint it is).
     """
     a2, b2 = _as_2d(a), _as_2d(b)
     if a2.shape[1] != b2.shape[1]:
@@ -183,9 +195,71 @@ def paired_test(a, b, *, n_boot: int = 2000, seed: int = 0) -> PairedResult:
     d = a2.mean(0) - b2.mean(0)
     reps = bootstrap_replicates([a2, b2], n_boot=n_boot, seed=seed, streams=(0, 1))
     lo, hi = np.quantile(reps[0] - reps[1], [0.025, 0.975])
-    return PairedResult(diff=float(d.mean()), ci_low=float(lo), ci_high=float(hi),
-                        p_value=float(sign_flip_pvalues(d, n_boot=n_boot, seed=seed)[0]),
+    sigma2, df = seed_variance([x for x in (a2, b2) if x.shape[0] > 1])
+    weight = sum(1.0 / x.shape[0] for x in (a2, b2) if x.shape[0] > 1)
+    p = combined_pvalues(d[None], np.array([sigma2 * weight]), df, n_boot=n_boot, seed=seed)[0]
+    return PairedResult(diff=float(d.mean()), ci_low=float(lo), ci_high=float(hi), p_value=float(p),
                         discordance=float(np.mean(d * d)))
+
+
+def seed_components(x: np.ndarray) -> np.ndarray:
+    """Unbiased between-seed variance of per-seed mean accuracy beyond query-level noise.
+
+    x: [..., S, n], S >= 2. Per-seed means m_s have Var = s2_seed + s2_eps / n,
+    where s2_eps is the seed x query residual variance (two-way ANOVA mean
+    square); returns var(m_s) - s2_eps_hat / n, [...] (may be negative).
+    """
+    s, n = x.shape[-2], x.shape[-1]
+    m = x.mean(-1)
+    resid = x - x.mean(-2, keepdims=True) - m[..., None] + m.mean(-1)[..., None, None]
+    eps = np.einsum("...sq,...sq->...", resid, resid) / ((s - 1) * (n - 1))
+    return m.var(-1, ddof=1) - eps / n
+
+
+def seed_variance(arrays: Sequence) -> tuple[float, int]:
+    """(sigma2, df): between-seed variance of a configuration's mean accuracy, pooled.
+
+    ``arrays``: [S_k, n] correctness of configurations with S_k >= 2 seeds
+    (others are ignored). Pooling assumes one seed variance for the whole
+    study (same training recipe); the unbiased per-configuration estimates are
+    averaged with weights S_k - 1 and clipped at 0 once. df = sum(S_k - 1).
+    """
+    parts = [(seed_components(_as_2d(a)), _as_2d(a).shape[0] - 1) for a in arrays if _as_2d(a).shape[0] > 1]
+    df = sum(k for _, k in parts)
+    if not df:
+        return 0.0, 0
+    return max(0.0, float(sum(c * k for c, k in parts) / df)), df
+
+
+def combined_pvalues(diffs, seed_var, df_seed, *, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """Two-sided p-values valid under query AND seed variance: [T].
+
+    Args:
+        diffs: [T, n] per-query differences d (as ``sign_flip_pvalues``).
+        seed_var: [T] variance the seeds add to mean(d): sigma2 * (1/S_a + 1/S_b)
+            over the sides that are seeded configurations; 0 -> sign-flip only.
+        df_seed: degrees of freedom of sigma2 (``seed_variance``), scalar or [T].
+    Where seed_var > 0: max(sign-flip p, Welch-Satterthwaite t p) with
+    t = mean(d) / sqrt(var(d)/n + seed_var) and df = V^2 / (v_q^2/(n-1) +
+    seed_var^2/df_seed). The max of two p-values is valid when either is.
+    """
+    from scipy.stats import t as student_t  # scipy: already a dependency (Optuna's QMC sampler)
+
+    d = np.asarray(diffs, dtype=float)
+    d = d[None, :] if d.ndim == 1 else d
+    p = sign_flip_pvalues(d, n_boot=n_boot, seed=seed)
+    vs = np.broadcast_to(np.asarray(seed_var, dtype=float), p.shape)
+    dfs = np.broadcast_to(np.asarray(df_seed, dtype=float), p.shape)
+    use = (vs > 0) & (dfs >= 1)
+    if not use.any():
+        return p
+    n = d.shape[1]
+    vq = d[use].var(1, ddof=1) / n
+    total = vq + vs[use]
+    df = total ** 2 / (vq ** 2 / (n - 1) + vs[use] ** 2 / dfs[use])
+    p_t = 2.0 * student_t.sf(np.abs(d[use].mean(1)) / np.sqrt(total), df)
+    p[use] = np.maximum(p[use], p_t)
+    return p
 
 
 def holm(p_values) -> np.ndarray:
@@ -250,33 +324,3 @@ def selection_drift(sel_a: Sequence, sel_b: Sequence) -> float:
     except ValueError:  # ragged lists: fall back to the per-query loop
         pass
     return sum(list(x) != list(y) for x, y in zip(sel_a, sel_b)) / len(sel_a)
-
-
-def aa_false_positive_rate(probs, *, n_seeds: int = 3, n_reps: int = 200, alpha: float = 0.05,
-                           n_boot: int = 1000, seed: int = 0, chunk: int = 500) -> float:
-    """Fraction of A/A repetitions in which the table would claim a difference.
-
-    Args:
-        probs: [n_shots, n] (or [n]) fixed per-query success probabilities of ONE
-            configuration. Each repetition draws Bernoulli correctness for
-            n_seeds seeds of "A" and n_seeds other seeds of "A'", runs the
-            paired test per shot and on the shot mean, Holm-adjusts over those
-            comparisons (as the comparison table does) and counts a false
-            positive when any verdict is not 'no detectable difference'.
-    Repetitions run ``chunk`` at a time through one batched sign-flip test.
-    """
-    pr = _as_2d(probs)
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for start in range(0, n_reps, chunk):
-        r = min(chunk, n_reps - start)
-        a = (rng.random((r, n_seeds) + pr.shape) < pr).mean(1)        # [r, shots, n] seed means
-        b = (rng.random((r, n_seeds) + pr.shape) < pr).mean(1)
-        d = a - b
-        if pr.shape[0] > 1:  # the shot mean is one more comparison of the family
-            d = np.concatenate([d, d.mean(1, keepdims=True)], axis=1)
-        p = sign_flip_pvalues(d.reshape(-1, d.shape[2]), n_boot=n_boot, seed=seed).reshape(r, -1)
-        diff = d.mean(2)
-        for i in range(r):
-            hits += bool(np.any((holm(p[i]) < alpha) & (diff[i] != 0)))
-    return hits / n_reps

@@ -92,13 +92,18 @@ class EvalReport:
 # Evaluators
 
 
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: it copies the sign bit)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
 def _mix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 (wrapping arithmetic); a cheap deterministic hash."""
-    x = x ^ (x >> 30)
+    x = x ^ _shr(x, 30)
     x = x * -4658895280553007687  # 0xbf58476d1ce4e5b9 as a signed int64
-    x = x ^ (x >> 27)
+    x = x ^ _shr(x, 27)
     x = x * -7723592293110705685  # 0x94d049bb133111eb
-    return x ^ (x >> 31)
+    return x ^ _shr(x, 31)
 
 
 def prompt_uniforms(query_ids: torch.Tensor, seqs: torch.Tensor, seed: int) -> torch.Tensor:
@@ -111,7 +116,7 @@ def prompt_uniforms(query_ids: torch.Tensor, seqs: torch.Tensor, seed: int) -> t
     h = _mix64(torch.full_like(query_ids, seed + 0x9E3779B9) + query_ids)
     for t in range(seqs.shape[1]):
         h = _mix64(h ^ (seqs[:, t] + (t + 1) * 0x632BE5AB))
-    return ((h >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
+    return _shr(h, 11).double() / float(1 << 53)
 
 
 class SimulatorEvaluator:

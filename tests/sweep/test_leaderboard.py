@@ -261,8 +261,34 @@ def test_footer_reports_sizes_correction_and_mde(tmp_path):
     _, table, md = comparison(exp)
     assert "Queries: 200 validation, 80 test" in md
     assert "Holm-corrected over the" in md and "alpha 0.05" in md
+    assert "adds the between-seed variance" in md and "8 df" in md      # 4 configurations x 3 seeds
     assert "paired at the median discordance" in md and "unpaired at p = " in md
+    assert "at the Holm worst case alpha/" in md
     assert "Trials: 12 completed, 0 pruned, 0 errored, 0 diverged." in md
+
+
+def test_per_trial_drift_against_sft(tmp_path):
+    from sweep.evaluations import trial_drift
+
+    exp, _ = make_experiment(tmp_path / "exp")
+    records, baselines, meta = L.load_experiment(exp)
+    board = L.build_leaderboard(records, meta["hyperparameters"])
+    evaluations = {r.trial_id: r.evaluation for r in records if r.evaluation}
+    del evaluations[board["trial_id"].iloc[0]]      # a trial still running: no evaluation yet
+    drift = trial_drift(board["trial_id"].tolist(), evaluations, baselines)
+    assert drift["trial_id"].tolist() == board["trial_id"].tolist()
+    cols = [f"drift_sft_shot{k}" for k in range(1, 5)]
+    assert drift.iloc[0][cols].isna().all()
+    got = board[["trial_id", "kl_beta"]].merge(drift).iloc[1:]
+    assert (got[got["kl_beta"] == 0.0][cols] == 0.0).all().all()     # SFT's own selections
+    assert (got[got["kl_beta"] == 0.3][cols] == 1.0).all().all()     # every query differs
+    # half the queries changed on shot 2 only
+    tid = got[got["kl_beta"] == 0.0]["trial_id"].iloc[0]
+    ev = json.loads(json.dumps(evaluations[tid]))
+    for row in ev["val"]["selections"]["2"][::2]:
+        row.reverse()
+    one = trial_drift([tid], {tid: ev}, baselines).iloc[0]
+    assert one[cols].tolist() == [0.0, 0.5, 0.0, 0.0]
 
 
 def test_evaluation_on_other_queries_is_left_out(tmp_path):
@@ -287,7 +313,8 @@ def test_write_outputs_is_atomic(tmp_path):
     assert any(k.startswith("plots/") for k in written)
     assert not [p for p in exp.rglob("*") if p.name.endswith(".tmp")]
     back = pd.read_csv(exp / "leaderboard.csv")
-    assert list(back.columns) == COLUMNS and len(back) == 12
+    assert list(back.columns) == COLUMNS + [f"drift_sft_shot{k}" for k in range(1, 5)] and len(back) == 12
+    assert back["drift_sft_shot1"].between(0, 1).all()
     # a writer that fails half-way leaves the previous file intact and no temp file behind
     before = (exp / "comparison.md").read_text()
 
@@ -343,3 +370,36 @@ def test_partial_experiment_without_sweep_json_or_baselines(tmp_path):
     board = pd.read_csv(written["leaderboard.csv"])
     assert board["kl_beta"].tolist() == [0.1, 0.3] and set(board["status"]) == {"pruned"}
     assert "Trials: 0 completed, 2 pruned" in written["comparison.md"].read_text()
+
+
+def _one_config_table(shifts, seed=3):
+    """SFT at exact per-query probabilities p, one configuration whose seeds shift p by ``shifts``."""
+    from sweep.comparison import build_comparison
+
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.3, 0.7, (4, len(VAL_IDS)))
+    rows, evaluations = [], {}
+    for s, shift in enumerate(shifts):
+        corr = np.clip(p + shift + rng.normal(0, 0.02, p.shape), 0, 1)
+        evaluations[f"t{s}"] = {"val": split(VAL_IDS, corr, 100 + s)}
+        rows.append(dict({c: np.nan for c in COLUMNS}, trial_id=f"t{s}", status="completed", kl_beta=0.3,
+                         grpo_lr=1e-5, seed=s, config_hash="cfg"))
+    table, md = build_comparison(pd.DataFrame(rows, columns=COLUMNS), evaluations,
+                                 {"sft": {"val": split(VAL_IDS, p, 0)}}, {"scientific": ["kl_beta"]})
+    d = np.mean([evaluations[f"t{s}"]["val"]["correct"][k] for s in range(len(shifts)) for k in "1234"], 0) \
+        - p.mean(0)
+    return table[table["row"] == "cfg"].iloc[0], d
+
+
+def test_one_lucky_seed_is_not_a_verdict():
+    from sweep.stats import sign_flip_pvalues
+
+    # +2.7 points on average, but carried by one seed (+9, -1, 0): the query-level test alone is sure ...
+    row, d = _one_config_table([0.09, -0.01, 0.0])
+    assert row["acc_mean_diff_sft"] == pytest.approx(0.0267, abs=0.003)
+    assert sign_flip_pvalues(d)[0] < 1e-6
+    # ... but another draw of three seeds could land anywhere: with the seed variance it is not a verdict
+    assert row["acc_mean_p_sft_raw"] > 0.2 and row["acc_mean_verdict_sft"] == "no detectable difference"
+    # the same mean gain from three seeds that agree is a verdict
+    row, _ = _one_config_table([0.030, 0.027, 0.023])
+    assert row["acc_mean_verdict_sft"] == "better"

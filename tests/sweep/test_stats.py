@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep import stats
+from sweep import aa, stats
 
 
 def test_se_binomial_matches_the_notes_table():
@@ -138,8 +138,8 @@ def test_aa_check_says_no_difference_at_least_95_percent():
     # one configuration, 4 shots x 200 queries with fixed per-query success probabilities;
     # 3 seeds vs 3 other seeds, tested per shot and on the mean, Holm over the 5 (as the table does)
     probs = np.random.default_rng(0).beta(2, 2, size=(4, 200))
-    rate = stats.aa_false_positive_rate(probs, n_seeds=3, n_reps=4000, seed=0)
-    single = stats.aa_false_positive_rate(probs[0], n_seeds=3, n_reps=4000, seed=1)
+    rate = aa.aa_false_positive_rate(probs, n_seeds=3, n_reps=4000, seed=0)
+    single = aa.aa_false_positive_rate(probs[0], n_seeds=3, n_reps=4000, seed=1)
     print(f"A/A: 'no detectable difference' in {1 - rate:.3f} of table-style repetitions; "
           f"single-comparison false-positive rate {single:.3f} (alpha 0.05)")
     assert 1 - rate >= 0.95
@@ -157,3 +157,46 @@ def test_a_real_difference_is_detected():
     res = stats.paired_test(a, b)
     assert res.p_value < 1e-4 and res.ci_low > 0.05
     assert stats.verdict(res.p_value, res.diff) == "better"
+
+
+def test_seed_variance_recovers_a_known_seed_spread():
+    # 30 configurations x 3 seeds x 200 queries: query effect + seed shift (sd 2 points) + noise (sd 0.2)
+    rng = np.random.default_rng(7)
+    alpha = rng.uniform(0.3, 0.7, 200)
+
+    def configs(seed_sd):
+        return [alpha + rng.normal(0, seed_sd, (3, 1)) + rng.normal(0, 0.2, (3, 200)) for _ in range(30)]
+
+    sigma2, df = stats.seed_variance(configs(0.02))
+    assert df == 60
+    # the per-seed mean also carries noise 0.2^2/200 = 2e-4 (as much as the seed variance): it is removed
+    assert sigma2 == pytest.approx(0.02 ** 2, rel=0.4)
+    assert stats.seed_variance(configs(0.0))[0] < 1e-4
+    assert stats.seed_variance([alpha[None]]) == (0.0, 0)      # one seed: nothing to estimate
+
+
+def test_combined_pvalues_add_the_seed_variance_to_the_sign_flip_test():
+    from scipy.stats import t as student_t
+
+    rng = np.random.default_rng(8)
+    d = (rng.random((3, 200)) < 0.55).astype(float) - (rng.random((3, 200)) < 0.5)
+    np.testing.assert_allclose(stats.combined_pvalues(d, 0.0, 4), stats.sign_flip_pvalues(d))
+    got = stats.combined_pvalues(d, np.array([0.0, 1e-4, 1e-3]), 4)
+    vq = d[2].var(ddof=1) / 200
+    df = (vq + 1e-3) ** 2 / (vq ** 2 / 199 + 1e-3 ** 2 / 4)
+    want = 2 * student_t.sf(abs(d[2].mean()) / np.sqrt(vq + 1e-3), df)
+    assert got[2] == pytest.approx(max(want, stats.sign_flip_pvalues(d[2])[0]))
+    same_row = stats.combined_pvalues(np.vstack([d[2]] * 3), np.array([0.0, 1e-3, 3e-3]), 4)
+    assert same_row[0] < same_row[1] < same_row[2]                  # more seed variance, weaker evidence
+
+
+def test_aa_with_a_seed_spread_needs_the_seed_variance():
+    # seeds of one configuration differing by 2 points (sd): the query-level test alone calls a
+    # difference in about a fifth of A/A comparisons; with the seed variance it stays near alpha
+    probs = np.random.default_rng(0).beta(2, 2, size=(4, 200))
+    kw = dict(n_seeds=3, n_reps=3000, seed_sd=0.02, holm_family=False)
+    query_only = aa.aa_false_positive_rate(probs, seed=3, seed_aware=False, **kw)
+    combined = aa.aa_false_positive_rate(probs, seed=3, **kw)
+    print(f"A/A at seed sd 2 points: per-test false positives {query_only:.3f} (sign-flip) -> {combined:.3f}")
+    assert query_only > 0.15
+    assert combined < 0.10
