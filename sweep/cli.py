@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import re
 
 from trainer.errors import UserError
@@ -17,8 +19,16 @@ examples:
       --embeddings query_embeddings.pt --sft-ckpt v2.ckpt     # the users' Lever-Plus files
   python sweep/run.py --resume kl_beta-20261125-101500    # continue a killed or stopped sweep
 
---evaluator module:function IMPORTS AND RUNS that module's code in every trial: only name code you trust.
+--evaluator module:function IMPORTS AND RUNS that module's code in the driver and in every trial:
+only name code you trust. See SECURITY.md for what else the framework trusts.
+
+Ctrl-C stops the trials, saves the state and prints the --resume command (exit code 130).
+Bad input (flags, search space, data files): one line naming the file/field/flag, exit code 2.
 """
+
+# What --resume may change: how and where the saved experiment runs, never what it computes.
+RESUME_FLAGS = {"resume", "output", "verbose", "max_failures", "address", "dashboard", "dashboard_host",
+                "dashboard_port"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,14 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPU share per trial, fractional allowed (0.25 packs four trials per GPU)")
     g.add_argument("--max-failures", type=int, default=0,
-                   help="retry a failed trial this many times from its last checkpoint (default 0)")
+                   help="retry a failed trial this many times from its last checkpoint (default 0: a trial "
+                        "that raises is recorded as errored and the sweep goes on; -1: no limit)")
     g.add_argument("--address", help="connect to a running Ray cluster (also RAY_ADDRESS) instead of starting one")
     g.add_argument("--dashboard", action="store_true",
                    help="start the Ray dashboard on 127.0.0.1:8265 (token authentication stays on)")
+    g.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                   help="with --dashboard: bind this address instead of 127.0.0.1. Anything else exposes the "
+                        "dashboard (which can run jobs) to that network: prints a warning, and is refused "
+                        "when RAY_AUTH_MODE=disabled. Prefer an SSH tunnel")
+    g.add_argument("--dashboard-port", type=int, default=8265,
+                   help="with --dashboard: its port (default 8265)")
     g = p.add_argument_group("output")
     g.add_argument("--output", default="results", help="output root (default results/)")
     g.add_argument("--name", help="experiment name (default <space>-<timestamp>); refused if it exists")
-    g.add_argument("--resume", metavar="NAME", help="continue experiment NAME under --output")
+    g.add_argument("--resume", metavar="NAME",
+                   help="continue experiment NAME under --output after a kill, crash or Ctrl-C: completed "
+                        "trials are kept, unfinished ones continue from their last checkpoint; with "
+                        "--max-failures N (not 0) errored trials are retried from theirs too")
     g.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Tune's progress output")
     g = p.add_argument_group("data (default: the embedded simulated benchmark)")
     g.add_argument("--rl-data", help="Lever-Plus RL JSON (global, k64 or balanced variant)")
@@ -86,8 +106,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--space: required (or --resume NAME); see --list-spaces")
     if args.resume and (args.space or args.name):
         raise UserError("--resume: continues an existing experiment; do not combine with --space/--name")
-    if args.resume and args.dry_run:
-        raise UserError("--dry-run: cannot be combined with --resume")
+    if args.resume:
+        _check_resume_flags(args)
     for flag in ("resume", "name"):
         value = getattr(args, flag)
         if value is not None and not NAME_RE.match(value):
@@ -106,8 +126,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--gpus-per-trial: must be >= 0, got {args.gpus_per_trial}")
     if args.max_failures < -1:
         raise UserError(f"--max-failures: must be >= -1 (-1 = unlimited), got {args.max_failures}")
-    if args.dashboard and args.address:
-        raise UserError("--dashboard: starts a local Ray; with --address use that cluster's dashboard")
+    if args.dashboard and (args.address or os.environ.get("RAY_ADDRESS")):
+        flag = "--address" if args.address else "RAY_ADDRESS"
+        raise UserError(f"--dashboard: starts a local Ray; with {flag} use that cluster's dashboard")
+    _check_dashboard(args)
     data_flags = [f for f in ("rl_data", "beam_data", "embeddings") if getattr(args, f)]
     if data_flags and not args.embeddings:
         raise UserError("--embeddings: required with --rl-data/--beam-data")
@@ -117,5 +139,44 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--smoke-test: runs on the embedded benchmark; drop the data flags")
     if args.evaluator == "simulator" and data_flags:
         raise UserError("--evaluator simulator: only for the embedded benchmark; use lookup or module:function")
+    if args.evaluator not in (None, "simulator") and not data_flags and not args.resume:
+        raise UserError("--evaluator: the embedded benchmark is scored by its simulator; give data files "
+                        "(--rl-data ...) to use lookup or module:function")
     if args.search in ("grid",) and args.num_samples and args.scheduler == "pbt":
         raise UserError("--scheduler pbt: needs --search random (PBT mutates sampled values)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_dashboard(args: argparse.Namespace) -> None:
+    for flag, default in (("dashboard_host", "127.0.0.1"), ("dashboard_port", 8265)):
+        if getattr(args, flag) != default and not args.dashboard:
+            raise UserError(f"--{flag.replace('_', '-')}: only with --dashboard")
+    if not 1 <= args.dashboard_port <= 65535:
+        raise UserError(f"--dashboard-port: must be in 1..65535, got {args.dashboard_port}")
+    host = args.dashboard_host
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UserError(f"--dashboard-host: {host!r} is not an IP address (e.g. 127.0.0.1, 0.0.0.0)") \
+                from None
+    if args.dashboard and not is_loopback(host) and os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        raise UserError(f"--dashboard-host {host}: refused while RAY_AUTH_MODE=disabled: anyone who reaches "
+                        f"the dashboard could run code on this machine; unset it or keep 127.0.0.1")
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """--resume runs the saved flags: a flag that would change the experiment is an error, not ignored."""
+    parser = build_parser()
+    for dest, value in vars(args).items():
+        if dest not in RESUME_FLAGS and value != parser.get_default(dest):
+            raise UserError(f"--{dest.replace('_', '-')}: cannot be combined with --resume (the experiment "
+                            f"runs with its saved flags; start a new experiment to change them)")

@@ -1,25 +1,35 @@
 """One sweep from flags to leaderboard: data, warm start, baselines, Tune, outputs.
 
-Order matters for the promise "bad input creates nothing": every input is
-loaded and validated before the experiment folder is created.
+Order matters for two promises. "Bad input creates nothing": every input (flags,
+space, data files checked against the configuration) is validated before the
+experiment folder is claimed. "A kill loses nothing": the folder appears
+atomically with its record (two sweeps never share one, no folder lacks its
+record), and ``--resume`` continues from whatever stage it reached:
+warm-up and baselines are recomputed if missing, a Tune run that never started
+is started, one that did is restored with its completed trials kept.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
-from trainer.config import from_dict
+from sweep.ray_session import init_ray, stop_tune_on_sigint
+from trainer.config import TrainConfig, from_dict
 from trainer.errors import UserError
+from trainer.faults import FAULT_ENV, parse_rules
 
-REPO = Path(__file__).resolve().parent.parent
 RUN_ARGS = "run_args.json"
 SMOKE_OVERRIDES = {"sft_epochs": 3, "rce_epochs": 2, "grpo_epochs": 4}
+INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
 
 
 def list_spaces() -> int:
@@ -42,6 +52,12 @@ def load_study(args: argparse.Namespace):
     return space
 
 
+def base_config(space, args: argparse.Namespace) -> TrainConfig:
+    """The configuration of the shared SFT/RCE warm-up and the baselines: the space's first point."""
+    first = space.preview(args.search, args.num_samples, 1, args.seed)[0]
+    return from_dict({**space.resolve(first), "seed": args.seed})
+
+
 def run(args: argparse.Namespace) -> int:
     space = load_study(args)
     seeds = 1 if args.smoke_test and args.seeds is None else args.seeds
@@ -49,34 +65,98 @@ def run(args: argparse.Namespace) -> int:
         trials = space.preview(args.search, args.num_samples, seeds, args.seed)
         for i, trial in enumerate(trials):
             print(f"{i:4d}  " + "  ".join(f"{k}={v}" for k, v in trial.items()))
-        print(f"{len(trials)} trials ({space.name}: {len(trials) // max(seeds or space.seeds, 1)} configurations "
-              f"x {seeds or space.seeds} seeds)")
+        per = seeds or space.seeds
+        print(f"{len(trials)} trials ({space.name}: {len(trials) // max(per, 1)} configurations "
+              f"x {per} seeds)")
         return 0
     output = Path(args.output).resolve()
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = output / name
-    if exp_dir.exists():
-        raise UserError(f"--name: {exp_dir} already exists; use --resume {name} or another --name")
-    source = load_source(args, output)
-    from sweep.tuner import METRICS  # noqa: F401  (import check before anything is written)
+    if args.name and (output / args.name).exists():
+        raise UserError(f"--name: {output / args.name} already exists; use --resume {args.name} "
+                        f"or another --name")
+    parse_rules(os.environ.get(FAULT_ENV, ""))  # a malformed test hook fails here, not in every trial
+    base = base_config(space, args)
+    files = bool(args.rl_data or args.beam_data)
+    if files:  # reading the user's files writes nothing
+        source = load_source(args, output)
+        check_data(args, source, base)
+    tune_options(args, space, seeds, decisions_path=None)  # scheduler/search flags vs the space
+    if not files:  # generates (once) and caches the embedded benchmark's files under the output root
+        source = load_source(args, output)
+    record = {"argv": list(getattr(args, "argv", sys.argv[1:])), "name": args.name, "seeds": seeds,
+              "fingerprint": source.fingerprint, "args": {k: v for k, v in vars(args).items() if k != "argv"}}
+    return execute(args, space, source, record, exp_dir=None)
 
-    record = {"argv": sys.argv[1:], "args": vars(args), "name": name, "seeds": seeds}
-    return execute(args, space, source, exp_dir, record, restore=False)
+
+def check_data(args: argparse.Namespace, source, base: TrainConfig) -> None:
+    """The files against each other and the configuration, before anything is written or Ray starts.
+
+    Ids beyond the embedding rows are reported with the file that holds them;
+    ``source.task`` then checks what the configuration needs (split, pools,
+    filters) and an ``--sft-ckpt`` must load strictly into the selector.
+    """
+    from trainer.checkpoints import load_selector_weights
+    from trainer.data.build import check_ids
+
+    names = {"rl": args.rl_data, "beam": args.beam_data, "pools": args.pools, "embeddings": args.embeddings}
+    check_ids(source.embeddings.shape[0], rl=source.rl, beam=source.beam, pools=source.pools,
+              sources={k: v for k, v in names.items() if v})
+    task = source.task(base)
+    if args.sft_ckpt:
+        load_selector_weights(task.new_model(), args.sft_ckpt)
+
+
+def tune_options(args: argparse.Namespace, space, seeds: int | None, *, decisions_path: str | None):
+    """(param_space, num_samples, scheduler, search) of a new Tune run; UserError for flags it refutes."""
+    from sweep import tuner as T
+
+    param_space, num_samples = space.to_tune(args.search, args.num_samples, seeds, rng_seed=args.seed)
+    max_t = max(from_dict(space.resolve(c)).grpo.grpo_epochs
+                for c in space.preview(args.search, args.num_samples, 1, args.seed))
+    opts = T.SchedulerOptions(name=args.scheduler, max_t=max_t, grace_period=args.grace_period,
+                              reduction_factor=args.reduction_factor, brackets=args.brackets,
+                              noise_k=args.noise_k, decisions_path=decisions_path)
+    mutations = space.pbt_mutations() if args.scheduler == "pbt" else None
+    scheduler = T.make_scheduler(opts, pbt_mutations=mutations)
+    search = T.make_search(space, args.search, args.metric, args.seed, args.max_concurrent, seeds)
+    return param_space, num_samples, scheduler, search
 
 
 def resume(args: argparse.Namespace) -> int:
+    from sweep.cli import RESUME_FLAGS, build_parser
+
     output = Path(args.output).resolve()
     exp_dir = output / args.resume
-    run_args = exp_dir / RUN_ARGS
-    if not run_args.is_file():
-        raise UserError(f"--resume: {exp_dir} is not an experiment of this tool (no {RUN_ARGS})")
-    record = json.loads(run_args.read_text())
-    saved = argparse.Namespace(**record["args"])
-    saved.output, saved.verbose = args.output, args.verbose
+    record = read_record(exp_dir)
+    defaults = vars(build_parser().parse_args([]))  # flags added since the experiment was started
+    saved = argparse.Namespace(**{**defaults, **record["args"]})
+    for flag in RESUME_FLAGS - {"resume", "max_failures"}:
+        setattr(saved, flag, getattr(args, flag))
     saved.max_failures = args.max_failures if args.max_failures else saved.max_failures
+    snapshot = sorted(exp_dir.glob("space-*.yaml"))
+    if len(snapshot) == 1:  # the space as it ran, even if its file was edited since
+        saved.space = str(snapshot[0])
     space = load_study(saved)
+    parse_rules(os.environ.get(FAULT_ENV, ""))
     source = load_source(saved, output)
-    return execute(saved, space, source, exp_dir, record, restore=True)
+    if record.get("fingerprint") not in (None, source.fingerprint):  # trials would mix two data sets
+        raise UserError(f"--resume: the data files of {exp_dir.name} changed since it started (content "
+                        f"hash {record['fingerprint']} != {source.fingerprint}); restore them or start a new "
+                        f"experiment")
+    return execute(saved, space, source, record, exp_dir=exp_dir)
+
+
+def read_record(exp_dir: Path) -> dict:
+    path = exp_dir / RUN_ARGS
+    if not path.is_file():
+        what = f"is not an experiment of this tool (no {RUN_ARGS})" if exp_dir.exists() else "does not exist"
+        raise UserError(f"--resume: {exp_dir} {what}")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); the experiment cannot be resumed") from None
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
+        raise UserError(f"{path}: field args: missing; the experiment cannot be resumed")
+    return record
 
 
 def load_source(args: argparse.Namespace, output: Path):
@@ -99,95 +179,139 @@ def load_source(args: argparse.Namespace, output: Path):
     return DataSource.from_simulator(spec, output / "_cache" / "simulator", eval_seed=args.seed)
 
 
-def execute(args, space, source, exp_dir: Path, record: dict, *, restore: bool) -> int:
+def claim_experiment_dir(output: Path, name: str | None, space_name: str,
+                         files: Callable[[str], dict[str, str]] = lambda name: {}) -> Path:
+    """Create ``output/<name>`` holding ``files(name)`` ({file name: text}), atomically, and return it.
+
+    The folder is filled in a private staging folder and renamed into place, so
+    it appears complete with its record or not at all, and two sweeps never get
+    the same one (a rename onto a folder that is not empty fails). An explicit
+    ``name`` that is taken is an error; the default ``<space>-<timestamp>`` gets
+    a ``-2``, ``-3``, ... suffix until a rename wins.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    if name and (output / name).exists():
+        raise UserError(f"--name: {output / name} already exists; use --resume {name} or another --name")
+    stem = name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    staging = Path(tempfile.mkdtemp(prefix=".claim-", dir=output))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the results from the user's group
+        for n in range(1, 2 if name else 10_000):
+            candidate = stem if n == 1 else f"{stem}-{n}"
+            for file_name, text in files(candidate).items():
+                (staging / file_name).write_text(text)
+            try:
+                os.rename(staging, output / candidate)
+                return output / candidate
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise
+        what = "--name" if name else "--output"
+        raise UserError(f"{what}: {output / stem} was taken meanwhile (another sweep?); pass another --name")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename won
+
+
+def tune_started(exp_dir: Path) -> bool:
+    """Did Tune save a state it can restore? (A kill during warm-up or Ray start leaves none.)"""
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(exp_dir)) and any(exp_dir.glob("experiment_state-*.json"))
+
+
+def execute(args, space, source, record: dict, *, exp_dir: Path | None) -> int:
+    from sweep.spaces import shares_warmup
+    from trainer.warmup import prepare_warm_start
+
+    output = Path(args.output).resolve()
+    base = base_config(space, args)
+    share = shares_warmup(space)
+    warm = prepare_warm_start(base, source, output / "_cache" / "warmup", share_rce=True,
+                              sft_ckpt=args.sft_ckpt)
+    trial_warm = warm if share else type(warm)(warm.sft_state, None, warm.info)
+    if exp_dir is None:
+        exp_dir = claim_experiment_dir(output, args.name, space.name,
+                                       lambda name: _record_files(name, args, space, record, warm, share))
+    print(f"experiment {exp_dir}")
+    try:
+        return _sweep(args, space, source, record, exp_dir, base, warm, trial_warm)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over SIGINT
+        print(f"interrupted; continue with\n  {resume_command(exp_dir, args.output)}", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _sweep(args, space, source, record, exp_dir: Path, base, warm, trial_warm) -> int:
     import ray
 
     from sweep import tuner as T
     from sweep.baselines import evaluate_baselines, summary_lines
     from sweep.leaderboard import write_outputs
-    from sweep.spaces import shares_warmup
     from trainer.trainable import icd_trainable
-    from trainer.warmup import prepare_warm_start
 
-    seeds = record.get("seeds") or space.seeds
-    param_space, num_samples = space.to_tune(args.search, args.num_samples, seeds, rng_seed=args.seed)
-    first = space.preview(args.search, args.num_samples, 1, args.seed)[0]
-    base = from_dict({**space.resolve(first), "seed": args.seed})
-    share = shares_warmup(space)
-    cache = Path(args.output).resolve() / "_cache" / "warmup"
-    warm = prepare_warm_start(base, source, cache, share_rce=True, sft_ckpt=args.sft_ckpt)
-    trial_warm = warm if share else type(warm)(warm.sft_state, None, warm.info)
-
-    exp_dir.mkdir(parents=True, exist_ok=restore)
-    if not restore:
-        _write_record(exp_dir, args, space, record, warm, share)
-        task = source.task(base)
-        baselines = evaluate_baselines(base, task, warm, warm.rce_state)
-        _atomic_json(exp_dir / "baselines.json", baselines)
+    if not (exp_dir / "baselines.json").is_file():
+        baselines = evaluate_baselines(base, source.task(base), warm, warm.rce_state)
+        atomic_write_text(exp_dir / "baselines.json", json.dumps(baselines, indent=1, default=str))
         print("baselines (validation):\n" + "\n".join(summary_lines(baselines)))
-
-    _init_ray(args)
+    seeds = record.get("seeds") or space.seeds
+    param_space, num_samples, scheduler, search = tune_options(args, space, seeds,
+                                                               decisions_path=str(exp_dir / "decisions.csv"))
+    restore = tune_started(exp_dir)
+    init_ray(address=args.address, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
+             dashboard_port=args.dashboard_port)
     trainable = ray.tune.with_parameters(icd_trainable, source=source, warm=trial_warm, resolve=space.resolve)
-    max_t = max(int(t.get("grpo_epochs", base.grpo.grpo_epochs)) for t in
-                (space.resolve(c) for c in space.preview(args.search, args.num_samples, 1, args.seed)))
-    sched_opts = T.SchedulerOptions(name=args.scheduler, max_t=max_t, grace_period=args.grace_period,
-                                    reduction_factor=args.reduction_factor, brackets=args.brackets,
-                                    noise_k=args.noise_k, decisions_path=str(exp_dir / "decisions.csv"))
-    scheduler = T.make_scheduler(sched_opts, pbt_mutations=space.pbt_mutations()
-                                 if args.scheduler == "pbt" else None)
     if restore:
-        from ray import tune
-
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=T.with_trial_resources(
-                                       trainable, args.cpus_per_trial, args.gpus_per_trial),
-                                   resume_unfinished=True, resume_errored=args.max_failures != 0,
-                                   param_space=param_space)
+        # completed (and pruned) trials are kept as they are; unfinished ones continue from their last
+        # checkpoint; errored ones too when retries are allowed, never from scratch (restart_errored)
+        tuner = ray.tune.Tuner.restore(str(exp_dir), param_space=param_space, resume_unfinished=True,
+                                       trainable=T.with_trial_resources(trainable, args.cpus_per_trial,
+                                                                        args.gpus_per_trial),
+                                       resume_errored=args.max_failures != 0, restart_errored=False)
     else:
-        search = T.make_search(space, args.search, args.metric, args.seed, args.max_concurrent, seeds)
         tuner = T.make_tuner(trainable, param_space=param_space, num_samples=num_samples, metric=args.metric,
                              scheduler=scheduler, search_alg=search, name=exp_dir.name,
                              storage_path=str(exp_dir.parent), cpus_per_trial=args.cpus_per_trial,
                              gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
                              max_concurrent=args.max_concurrent, verbose=args.verbose)
     started = time.time()
-    results = tuner.fit()
-    interrupted = getattr(results, "_experiment_interrupted", False)
+    with stop_tune_on_sigint() as stop:
+        results = tuner.fit()
     written = write_outputs(exp_dir)
     print((exp_dir / "comparison.md").read_text() if (exp_dir / "comparison.md").exists() else "")
     print(f"sweep {exp_dir.name}: {len(results)} trials in {time.time() - started:.0f} s")
     for label, path in written.items():
         print(f"  {label:<12} {path}")
-    if interrupted:
-        print(f"interrupted: state saved; continue with\n  python sweep/run.py --resume {exp_dir.name}"
-              + (f" --output {args.output}" if args.output != "results" else ""))
-        return 130
+    if stop.is_set():
+        print(f"interrupted: state saved; continue with\n  {resume_command(exp_dir, args.output)}",
+              file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
-def _init_ray(args) -> None:
-    import ray
-
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}}
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=args.address or os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=False)
-        return
-    ray.init(include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=8265,
-             runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="WARNING")
-    if args.dashboard:
-        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else ""
-        print(f"Ray dashboard: http://{url or '127.0.0.1:8265'} (token authentication on; "
-              f"print the token with `ray get-auth-token`)")
+def resume_command(exp_dir: Path, output: str) -> str:
+    extra = f" --output {shlex.quote(str(output))}" if str(output) != "results" else ""
+    return f"python sweep/run.py --resume {exp_dir.name}{extra}"
 
 
-def _write_record(exp_dir: Path, args, space, record: dict, warm, share: bool) -> None:
-    _atomic_json(exp_dir / RUN_ARGS, record)
-    (exp_dir / "command.txt").write_text("python sweep/run.py " + shlex.join(record["argv"]) + "\n")
-    shutil.copyfile(space.path, exp_dir / f"space-{space.name}.yaml")
-    _atomic_json(exp_dir / "sweep.json", {**space.describe(), "metric": args.metric, "search": args.search,
-                                          "scheduler": args.scheduler, "shared_rce": share, "warm_start": warm.info})
+def _record_files(name: str, args, space, record: dict, warm, share: bool) -> dict[str, str]:
+    """What ran, for reproduction and --resume: run_args.json, command.txt, the space, sweep.json."""
+    record["name"] = name
+    describe = {**space.describe(), "metric": args.metric, "search": args.search, "scheduler": args.scheduler,
+                "shared_rce": share, "warm_start": warm.info}
+    return {RUN_ARGS: json.dumps(record, indent=1, default=str),
+            "command.txt": "python sweep/run.py " + shlex.join(record["argv"]) + "\n",
+            f"space-{space.name}.yaml": Path(space.path).read_text(),
+            "sweep.json": json.dumps(describe, indent=1, default=str)}
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    """A unique temporary file in the same folder, then rename: never a torn or clobbered file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

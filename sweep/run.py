@@ -8,6 +8,9 @@
 
 Writes results/<name>/: leaderboard.csv, comparison.csv/.md, plots/, baselines.json,
 command.txt and the space as run, next to Ray Tune's own trial folders.
+
+Exit codes: 0 done, 2 bad input (one line on stderr naming the file, field or
+flag; nothing written), 130 interrupted (state saved; the --resume command is printed).
 """
 from __future__ import annotations
 
@@ -34,14 +37,23 @@ def main(argv: list[str] | None = None) -> int:
             return experiment.list_spaces()
         if args.resume:
             return experiment.resume(args)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for command.txt
         return experiment.run(args)
     except UserError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # before Tune ran (execute handles it once the folder exists)
+        if args.resume:
+            print(f"interrupted; continue with\n  python sweep/run.py --resume {args.resume}"
+                  + (f" --output {args.output}" if args.output != "results" else ""), file=sys.stderr)
+        else:
+            print("interrupted before the experiment folder was created: nothing to resume", file=sys.stderr)
+        return 130
     return 2
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    # one line, whatever a wrapped exception message held
+    print("error: " + " ".join(message.split()), file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -86,7 +86,7 @@ def make_tuner(trainable: Callable, *, param_space: dict, num_samples: int, metr
         with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, search_alg=search_alg,
-                                    num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                                    num_samples=num_samples,  # concurrency: the searcher's limit
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=verbose, callbacks=callbacks,

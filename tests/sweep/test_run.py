@@ -1,4 +1,4 @@
-"""The real CLI: every space dry-runs, bad flags exit 2 with one line, a smoke sweep runs and resumes."""
+"""The real CLI: every space dry-runs, a smoke sweep runs end to end and resumes."""
 import json
 import os
 import subprocess
@@ -35,31 +35,19 @@ def test_list_spaces_names_every_file(capsys):
         assert path.stem in out
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--space", "nope"], "nope"),
-    (["--space", "kl_beta", "--metric", "acc_shot9"], "--metric"),
-    (["--space", "kl_beta", "--set", "kl_bta=0.1"], "kl_bta"),
-    (["--space", "kl_beta", "--set", "rce_lr=-1"], "rce_lr"),
-    (["--space", "kl_beta", "--name", "../escape"], "--name"),
-    (["--space", "kl_beta", "--rl-data", "missing.json"], "--embeddings"),
-    (["--space", "kl_beta", "--dashboard", "--address", "127.0.0.1:6379"], "--dashboard"),
-    (["--space", "kl_beta", "--scheduler", "bogus"], "--scheduler"),
-])
-def test_bad_flags_exit_2_with_one_line_and_write_nothing(args, fragment, tmp_path):
-    result = cli(*args, "--output", str(tmp_path / "out"))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists()
+# Bad flags, spaces and data files: tests/sweep/test_bad_inputs.py (the corpus in tests/bad_inputs/).
 
 
 def test_smoke_sweep_end_to_end_then_resume_and_name_reuse(tmp_path):
     out = tmp_path / "results"
-    result = cli("--space", "kl_beta", "--smoke-test", "--output", str(out), "--name", "smoke", "--verbose", "0")
+    result = cli("--space", "kl_beta", "--smoke-test", "--output", str(out), "--name", "smoke",
+                 "--verbose", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     exp = out / "smoke"
     board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 2 and set(board["status"]) == {"completed"}
+    # ASHA (the default) may stop the second trial at its first rung: completed or pruned, never lost
+    statuses = set(board["status"])
+    assert len(board) == 2 and statuses <= {"completed", "pruned"} and "completed" in statuses
     assert {"kl_beta", "adaptive_kl", "acc_shot1", "acc_shot4", "acc_mean", "best_acc_mean", "seed",
             "torch_threads", "time_s"} <= set(board.columns)
     comparison = (exp / "comparison.md").read_text()
