@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-failures", type=int, default=0,
                    help="retry a failed trial this many times from its last checkpoint (default 0: a trial "
                         "that raises is recorded as errored and the sweep goes on; -1: no limit)")
-    g.add_argument("--address", help="connect to a running Ray cluster (also RAY_ADDRESS) instead of starting one")
+    g.add_argument("--address", help="HOST:PORT or auto of a running Ray cluster (also RAY_ADDRESS) instead of "
+                                     "starting one; run the driver on a cluster node (docs/cluster.md)")
     g.add_argument("--dashboard", action="store_true",
                    help="start the Ray dashboard on 127.0.0.1:8265 (token authentication stays on)")
     g.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dashboard-port", type=int, default=8265,
                    help="with --dashboard: its port (default 8265)")
     g = p.add_argument_group("output")
-    g.add_argument("--output", default="results", help="output root (default results/)")
+    g.add_argument("--output", default="results",
+                   help="output root (default results/): a folder, or a URI pyarrow opens (s3://..., gs://..., "
+                        "file://...); on a multi-node cluster every node must see it (docs/cluster.md)")
     g.add_argument("--name", help="experiment name (default <space>-<timestamp>); refused if it exists")
     g.add_argument("--resume", metavar="NAME",
                    help="continue experiment NAME under --output after a kill, crash or Ctrl-C: completed "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sweep import cluster
 from sweep.ray_session import init_ray, stop_tune_on_sigint
 from trainer.config import TrainConfig, from_dict
 from trainer.errors import UserError
@@ -69,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(trials)} trials ({space.name}: {len(trials) // max(per, 1)} configurations "
               f"x {per} seeds)")
         return 0
-    output = Path(args.output).resolve()
-    if args.name and (output / args.name).exists():
-        raise UserError(f"--name: {output / args.name} already exists; use --resume {args.name} "
-                        f"or another --name")
+    out = cluster.resolve_output(args.output)
+    output = out.local
+    if args.name:
+        out.fresh(args.name)  # refused if it exists, here or at the URI
     parse_rules(os.environ.get(FAULT_ENV, ""))  # a malformed test hook fails here, not in every trial
     base = base_config(space, args)
     files = bool(args.rl_data or args.beam_data)
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         source = load_source(args, output)
         check_data(args, source, base)
     tune_options(args, space, seeds, decisions_path=None)  # scheduler/search flags vs the space
+    cluster.attach(args.address, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     if not files:  # generates (once) and caches the embedded benchmark's files under the output root
         source = load_source(args, output)
     record = {"argv": list(getattr(args, "argv", sys.argv[1:])), "name": args.name, "seeds": seeds,
@@ -124,8 +126,9 @@ def tune_options(args: argparse.Namespace, space, seeds: int | None, *, decision
 def resume(args: argparse.Namespace) -> int:
     from sweep.cli import RESUME_FLAGS, build_parser
 
-    output = Path(args.output).resolve()
-    exp_dir = output / args.resume
+    out = cluster.resolve_output(args.output)
+    output = out.local
+    exp_dir = out.pull(args.resume)  # a URI output: mirrored into local staging first
     record = read_record(exp_dir)
     defaults = vars(build_parser().parse_args([]))  # flags added since the experiment was started
     saved = argparse.Namespace(**{**defaults, **record["args"]})
@@ -137,6 +140,8 @@ def resume(args: argparse.Namespace) -> int:
         saved.space = str(snapshot[0])
     space = load_study(saved)
     parse_rules(os.environ.get(FAULT_ENV, ""))
+    cluster.attach(saved.address, out, cpus_per_trial=saved.cpus_per_trial,
+                   gpus_per_trial=saved.gpus_per_trial)
     source = load_source(saved, output)
     if record.get("fingerprint") not in (None, source.fingerprint):  # trials would mix two data sets
         raise UserError(f"--resume: the data files of {exp_dir.name} changed since it started (content "
@@ -225,7 +230,8 @@ def execute(args, space, source, record: dict, *, exp_dir: Path | None) -> int:
     from sweep.spaces import shares_warmup
     from trainer.warmup import prepare_warm_start
 
-    output = Path(args.output).resolve()
+    out = cluster.resolve_output(args.output)
+    output = out.local
     base = base_config(space, args)
     share = shares_warmup(space)
     warm = prepare_warm_start(base, source, output / "_cache" / "warmup", share_rce=True,
@@ -234,7 +240,8 @@ def execute(args, space, source, record: dict, *, exp_dir: Path | None) -> int:
     if exp_dir is None:
         exp_dir = claim_experiment_dir(output, args.name, space.name,
                                        lambda name: _record_files(name, args, space, record, warm, share))
-    print(f"experiment {exp_dir}")
+    out.push(exp_dir.name)  # a URI output: the record is there before anything expensive
+    print(f"experiment {out.experiment(exp_dir.name)}")
     try:
         return _sweep(args, space, source, record, exp_dir, base, warm, trial_warm)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over SIGINT
@@ -254,6 +261,8 @@ def _sweep(args, space, source, record, exp_dir: Path, base, warm, trial_warm) -
         baselines = evaluate_baselines(base, source.task(base), warm, warm.rce_state)
         atomic_write_text(exp_dir / "baselines.json", json.dumps(baselines, indent=1, default=str))
         print("baselines (validation):\n" + "\n".join(summary_lines(baselines)))
+    out = cluster.resolve_output(args.output)
+    out.push(exp_dir.name)
     seeds = record.get("seeds") or space.seeds
     param_space, num_samples, scheduler, search = tune_options(args, space, seeds,
                                                                decisions_path=str(exp_dir / "decisions.csv"))
@@ -264,20 +273,23 @@ def _sweep(args, space, source, record, exp_dir: Path, base, warm, trial_warm) -
     if restore:
         # completed (and pruned) trials are kept as they are; unfinished ones continue from their last
         # checkpoint; errored ones too when retries are allowed, never from scratch (restart_errored)
-        tuner = ray.tune.Tuner.restore(str(exp_dir), param_space=param_space, resume_unfinished=True,
+        tuner = ray.tune.Tuner.restore(out.experiment(exp_dir.name), param_space=param_space,
+                                       resume_unfinished=True,
                                        trainable=T.with_trial_resources(trainable, args.cpus_per_trial,
                                                                         args.gpus_per_trial),
                                        resume_errored=args.max_failures != 0, restart_errored=False)
     else:
         tuner = T.make_tuner(trainable, param_space=param_space, num_samples=num_samples, metric=args.metric,
                              scheduler=scheduler, search_alg=search, name=exp_dir.name,
-                             storage_path=str(exp_dir.parent), cpus_per_trial=args.cpus_per_trial,
+                             storage_path=out.storage_path, cpus_per_trial=args.cpus_per_trial,
                              gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
                              max_concurrent=args.max_concurrent, verbose=args.verbose)
     started = time.time()
     with stop_tune_on_sigint() as stop:
         results = tuner.fit()
+    out.pull(exp_dir.name)  # a URI output: Tune's trial folders into staging, for the leaderboard
     written = write_outputs(exp_dir)
+    out.push(exp_dir.name)
     print((exp_dir / "comparison.md").read_text() if (exp_dir / "comparison.md").exists() else "")
     print(f"sweep {exp_dir.name}: {len(results)} trials in {time.time() - started:.0f} s")
     for label, path in written.items():

@@ -115,6 +115,12 @@ def _latest_evaluation(trial_dir: Path) -> dict | None:
 
 
 def _status(trial_dir: Path, reports: list[dict]) -> tuple[str, str]:
+    # A finished last report wins over error.txt: a --max-failures retry that completed
+    # leaves the first attempt's error.txt behind.
+    last = reports[-1] if reports else {}
+    if last.get("train_finished") is True:
+        reason = str(last.get("stop_reason") or "completed")
+        return ("diverged" if reason.startswith("diverged") else "completed"), reason
     error = trial_dir / "error.txt"
     if error.exists():
         try:
@@ -122,10 +128,6 @@ def _status(trial_dir: Path, reports: list[dict]) -> tuple[str, str]:
         except OSError:
             lines = []
         return "errored", ("errored: " + lines[-1][:200]) if lines else "errored"
-    last = reports[-1] if reports else {}
-    if last.get("train_finished") is True:
-        reason = str(last.get("stop_reason") or "completed")
-        return ("diverged" if reason.startswith("diverged") else "completed"), reason
     epoch = _num(_last(reports, "grpo_epoch"))
     return "pruned", f"pruned@grpo_epoch {0 if math.isnan(epoch) else int(epoch)}"
 

@@ -67,6 +67,9 @@ def init_ray(*, address: str | None = None, dashboard: bool = False, dashboard_h
 
     from sweep.cli import is_loopback
 
+    if ray.is_initialized():  # cluster.attach joined the cluster already
+        return None
+
     env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if os.environ.get(FAULT_ENV):  # workers of a joined cluster do not inherit the driver's environment
         env_vars[FAULT_ENV] = os.environ[FAULT_ENV]

@@ -26,6 +26,8 @@ def read_yaml(path: Path, label: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{label}: cannot read the search-space file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{label}: the search-space file is not UTF-8 text; save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes only: nothing is constructed

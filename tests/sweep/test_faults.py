@@ -138,8 +138,6 @@ def test_max_failures_retries_a_failed_trial_from_its_last_checkpoint(faulty_swe
     assert trial[-1]["train_finished"] is True and retried.grpo_epochs_done == 4
 
 
-@pytest.mark.xfail(strict=True, reason="sweep/leaderboard.py _status reads error.txt before the last report: "
-                                       "a trial whose retry completed is listed as errored")
 def test_a_trial_whose_retry_completed_is_listed_as_completed(faulty_sweep):
     exp, rows, by = faulty_sweep
     assert by[(0.0, 1)].status == "completed"
