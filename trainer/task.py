@@ -6,19 +6,32 @@ applies the trial's data hyperparameters (filters, train_queries) and builds
 the tensors, the split and the evaluator. The split depends only on
 ``split_seed`` and the fractions, so every trial of a sweep validates on the
 same queries: paired comparisons need that.
+
+Shipping to trials: pickling a ``DataSource`` (Ray's object store, through
+``tune.with_parameters``) turns the embeddings into a numpy array and the loaded
+RL/beam/pool entries into flat numpy columns. Ray hands numpy buffers to every
+worker as read-only views of the shared object store, so N concurrent trials
+hold one copy of a 400k-row matrix, not N; and the unpickled ``rl``/``beam``/
+``pools`` are read-only mappings that build an entry only when it is read, so a
+trial's python objects for them exist only while ``task()`` builds its tensors.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import warnings
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data.build import build_dataset, stack_pools
+from trainer.data.loaders import BeamEntry, RLCandidate, RLEntry, rl_shot_num
 from trainer.errors import UserError
 from trainer.evaluate import CallableEvaluator, Evaluator, LookupEvaluator, SimulatorEvaluator
 from trainer.state import EvalSplit, Task
@@ -29,9 +42,9 @@ class DataSource:
     """Loaded inputs: embeddings, RL groups, beams, pools, and how to score a selection."""
 
     embeddings: torch.Tensor            # [N, d]
-    rl: dict | None                     # loaders.load_rl_json output
-    beam: dict | None                   # loaders.load_beam_json output
-    pools: dict | None                  # loaders.load_pools output
+    rl: Mapping[int, RLEntry] | None    # loaders.load_rl_json output (a PackedRL once shipped)
+    beam: Mapping[int, BeamEntry] | None  # loaders.load_beam_json output (a PackedBeam once shipped)
+    pools: Mapping[int, list[int]] | None  # loaders.load_pools output (a PackedPools once shipped)
     evaluator: str = "simulator"        # "simulator" | "lookup" | "module:function"
     bench: Any = None                   # the simulator (oracle) when evaluator == "simulator"
     eval_seed: int = 0                  # seed of sampled evaluation (fixed per sweep, like a fixed VLM)
@@ -74,8 +87,11 @@ class DataSource:
         return CallableEvaluator(self.evaluator)
 
     def task(self, cfg: TrainConfig, device: str | None = None) -> Task:
-        dataset, split, _ = build_dataset(embeddings=self.embeddings, rl=self.rl, beam=self.beam,
-                                          pools=self.pools, data_cfg=cfg.data, check_finite=False)
+        # one decode of packed entries per call (the builder reads them several times); freed on return
+        rl, beam, pools = (None if m is None else dict(m) for m in (self.rl, self.beam, self.pools))
+        dataset, split, _ = build_dataset(embeddings=self.embeddings, rl=rl, beam=beam, pools=pools,
+                                          data_cfg=cfg.data, check_finite=False)
+        del rl, beam, pools
         if dataset.rl is None:
             raise UserError("--rl-data: RCE and GRPO need scored candidate groups (RL data)")
         train = dataset.rl.select(torch.isin(dataset.rl.query_ids, split.train))
@@ -96,6 +112,195 @@ class DataSource:
         return Task(model_cfg=cfg.model, embeddings=self.embeddings, train=train, beam_train=beam_train,
                     splits=splits, evaluator=self.make_evaluator(cfg, dataset),
                     device=torch.device(device or cfg.run.device))
+
+    def __reduce__(self):
+        """Pickle as numpy columns (module docstring): what Ray shares between trials without copies."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        emb = self.embeddings.detach().cpu().contiguous()
+        state["embeddings"] = emb.numpy()
+        state["rl"] = None if self.rl is None else PackedRL.pack(self.rl)
+        state["beam"] = None if self.beam is None else PackedBeam.pack(self.beam)
+        state["pools"] = None if self.pools is None else PackedPools.pack(self.pools)
+        return _unpickle_source, (state,)
+
+
+def _unpickle_source(state: dict) -> DataSource:
+    return DataSource(**{**state, "embeddings": shared_tensor(state["embeddings"])})
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a tensor without a copy; [N, d] in, [N, d] out.
+
+    Ray returns numpy arrays from its object store read-only, and torch warns that
+    it cannot mark a tensor read-only. Nothing in the trainer writes to the
+    embeddings (batches gather rows into new tensors), so the warning is silenced
+    here, for this conversion only; an in-place write would change every trial's data.
+    """
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(array)
+
+
+# ---------------------------------------------------------------------------
+# Columnar, read-only mappings of loaded entries (equal, entry by entry, to the loaders' dicts)
+
+
+class _Packed(Mapping):
+    """A read-only {query id: entry} over numpy columns; ``qids`` [Q] ascending, ``start`` [Q + 1]
+    offsets of each query's rows. An entry is built on each read and not kept."""
+
+    def __init__(self, cols: dict[str, np.ndarray], **meta: Any):
+        self.cols, self.meta = cols, meta
+        self._qids: list[int] = cols["qids"].tolist()
+
+    def __reduce__(self):
+        return _unpickle_packed, (type(self), self.cols, self.meta)
+
+    def __len__(self) -> int:
+        return len(self._qids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._qids)
+
+    def __contains__(self, qid: object) -> bool:
+        return self._row(qid) is not None
+
+    def __getitem__(self, qid: int):
+        row = self._row(qid)
+        if row is None:
+            raise KeyError(qid)
+        start = self.cols["start"]
+        return self._entry(self._qids[row], int(start[row]), int(start[row + 1]), row)
+
+    def _row(self, qid: object) -> int | None:
+        if not isinstance(qid, (int, np.integer)):
+            return None
+        row = bisect_left(self._qids, int(qid))
+        return row if row < len(self._qids) and self._qids[row] == qid else None
+
+    def _entry(self, qid: int, lo: int, hi: int, row: int):
+        raise NotImplementedError
+
+
+def _unpickle_packed(cls, cols: dict, meta: dict) -> _Packed:
+    return cls(cols, **meta)
+
+
+def _offsets(counts: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+
+def _codes(values: list[str | None], table: list[str]) -> np.ndarray:
+    """Index of each value in ``table`` (appended when new), -1 for None."""
+    out = np.empty(len(values), dtype=np.int16)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = -1
+            continue
+        if v not in table:
+            table.append(v)
+        out[i] = table.index(v)
+    return out
+
+
+def _optional(x: float) -> float | None:
+    return None if x != x else x  # NaN encodes None: the loaders only keep finite numbers
+
+
+class PackedRL(_Packed):
+    """RL entries: per candidate (M rows) pointer [M, S], local [M, S] (+ has_local), labels and scores."""
+
+    POINTER_FIELDS = ("pointer", "pointer_global", "pointer_pos")
+
+    @classmethod
+    def pack(cls, rl: Mapping[int, RLEntry]) -> "PackedRL":
+        if isinstance(rl, PackedRL):
+            return rl
+        entries = [rl[q] for q in sorted(rl)]
+        cands = [c for e in entries for c in e.candidates]
+        shot = rl_shot_num(dict(rl)) or 0
+        pools = [e.candidate_pool_ids or () for e in entries]
+        gen_methods: list[str] = []
+        modes: list[str] = []
+        nan = float("nan")
+        cols = {
+            "qids": np.array([e.query_id for e in entries], dtype=np.int64),
+            "start": _offsets([len(e.candidates) for e in entries]),
+            "has_pool": np.array([e.candidate_pool_ids is not None for e in entries], dtype=bool),
+            "pool_start": _offsets([len(p) for p in pools]),
+            "pool_ids": np.array([i for p in pools for i in p], dtype=np.int64),
+            "index": np.array([c.index for c in cands], dtype=np.int64),
+            "pointer": np.array([c.pointer for c in cands], dtype=np.int64).reshape(len(cands), shot),
+            "has_local": np.array([c.local is not None for c in cands], dtype=bool),
+            "local": np.array([c.local or (0,) * shot for c in cands], dtype=np.int64).reshape(len(cands), shot),
+            "field": np.array([cls.POINTER_FIELDS.index(c.pointer_field) for c in cands], dtype=np.int8),
+            "acc": np.array([c.vqa_acc_score for c in cands], dtype=np.float64),
+            "correct": np.array([-1 if c.vqa_correct is None else int(c.vqa_correct) for c in cands], dtype=np.int8),
+            "beam_score": np.array([nan if c.beam_score is None else c.beam_score for c in cands], dtype=np.float64),
+            "logprob": np.array([nan if c.logprob_score is None else c.logprob_score for c in cands],
+                                dtype=np.float64),
+            "gen_method": _codes([c.gen_method for c in cands], gen_methods),
+            "eval_failed": np.array([c.eval_failed for c in cands], dtype=bool),
+            "eval_mode": _codes([c.vqa_eval_mode for c in cands], modes),
+        }
+        return cls(cols, gen_methods=tuple(gen_methods), modes=tuple(modes))
+
+    def _entry(self, qid: int, lo: int, hi: int, row: int) -> RLEntry:
+        c, gens, modes = self.cols, self.meta["gen_methods"], self.meta["modes"]
+        pool = None
+        if c["has_pool"][row]:
+            pool = tuple(c["pool_ids"][c["pool_start"][row]:c["pool_start"][row + 1]].tolist())
+        cols = {k: c[k][lo:hi].tolist() for k in ("index", "pointer", "has_local", "local", "field", "acc",
+                                                  "correct", "beam_score", "logprob", "gen_method",
+                                                  "eval_failed", "eval_mode")}
+        cands = tuple(RLCandidate(
+            index=cols["index"][j], pointer=tuple(cols["pointer"][j]),
+            pointer_field=self.POINTER_FIELDS[cols["field"][j]],
+            local=tuple(cols["local"][j]) if cols["has_local"][j] else None, vqa_acc_score=cols["acc"][j],
+            vqa_correct=None if cols["correct"][j] < 0 else bool(cols["correct"][j]),
+            beam_score=_optional(cols["beam_score"][j]), logprob_score=_optional(cols["logprob"][j]),
+            gen_method=None if cols["gen_method"][j] < 0 else gens[cols["gen_method"][j]],
+            eval_failed=cols["eval_failed"][j],
+            vqa_eval_mode=None if cols["eval_mode"][j] < 0 else modes[cols["eval_mode"][j]])
+            for j in range(hi - lo))
+        return RLEntry(qid, cands, pool)
+
+
+class PackedBeam(_Packed):
+    """Beam entries: every query's beams as rows of ``seqs`` [B_total, S] and ``scores`` [B_total]."""
+
+    @classmethod
+    def pack(cls, beam: Mapping[int, BeamEntry]) -> "PackedBeam":
+        if isinstance(beam, PackedBeam):
+            return beam
+        entries = [beam[q] for q in sorted(beam)]
+        shot = len(entries[0].beams[0]) if entries else 0
+        seqs = [s for e in entries for s in e.beams]
+        return cls({"qids": np.array([e.query_id for e in entries], dtype=np.int64),
+                    "start": _offsets([len(e.beams) for e in entries]),
+                    "seqs": np.array(seqs, dtype=np.int64).reshape(len(seqs), shot),
+                    "scores": np.array([s for e in entries for s in e.scores], dtype=np.float64)})
+
+    def _entry(self, qid: int, lo: int, hi: int, row: int) -> BeamEntry:
+        seqs = self.cols["seqs"][lo:hi].tolist()
+        return BeamEntry(qid, tuple(tuple(s) for s in seqs), tuple(self.cols["scores"][lo:hi].tolist()))
+
+
+class PackedPools(_Packed):
+    """Sampler pools: every query's candidate ids concatenated in ``ids``."""
+
+    @classmethod
+    def pack(cls, pools: Mapping[int, list[int]]) -> "PackedPools":
+        if isinstance(pools, PackedPools):
+            return pools
+        qids = sorted(pools)
+        return cls({"qids": np.array(qids, dtype=np.int64), "start": _offsets([len(pools[q]) for q in qids]),
+                    "ids": np.array([i for q in qids for i in pools[q]], dtype=np.int64)})
+
+    def _entry(self, qid: int, lo: int, hi: int, row: int) -> list[int]:
+        return self.cols["ids"][lo:hi].tolist()
 
 
 @dataclass

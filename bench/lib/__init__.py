@@ -1,0 +1,1 @@
+"""Helpers shared by the bench scripts (not a benchmark itself: ``make bench`` runs ``bench/*.py`` only)."""
