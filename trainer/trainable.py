@@ -9,6 +9,7 @@ test-only crashes and divergences here.
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import Any, Callable
 
 import ray
@@ -35,6 +36,7 @@ def set_threads_to_cpu_share() -> int:
 def icd_trainable(config: dict[str, Any], *, source: DataSource, warm: WarmStart,
                   resolve: Callable[[dict], dict] | None = None) -> None:
     """Train one configuration; ``resolve`` maps Tune's config to flat hyperparameters (presets, fixed)."""
+    cpu_start = time.process_time()
     threads = set_threads_to_cpu_share()
     hyper = resolve(config) if resolve else dict(config)
     cfg = from_dict(hyper)
@@ -46,7 +48,9 @@ def icd_trainable(config: dict[str, Any], *, source: DataSource, warm: WarmStart
         fault.before_report(metrics)
         with tempfile.TemporaryDirectory(prefix="icd-ckpt-") as tmp:
             save(tmp)
-            tune.report({**metrics, "torch_threads": threads, "node_id": node_id},
+            # cpu_s: this trial process's CPU seconds (bench/sweep_utilization.py reads it)
+            tune.report({**metrics, "torch_threads": threads, "node_id": node_id,
+                         "cpu_s": time.process_time() - cpu_start},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
     sft_state, rce_state = warm.states(cfg)
