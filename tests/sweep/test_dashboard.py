@@ -102,6 +102,7 @@ def test_another_host_is_passed_on_with_a_warning(monkeypatch, capsys):
         return Context()
 
     monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # an earlier test's Ray may still be up
     assert init_ray(dashboard=True, dashboard_host="0.0.0.0", dashboard_port=8266) == "http://0.0.0.0:8266"
     assert seen["dashboard_host"] == "0.0.0.0" and seen["include_dashboard"] is True
     assert "WARNING" in capsys.readouterr().err

@@ -341,7 +341,8 @@ def test_cli_report_json(tmp_path):
     rows = json.loads(out.stdout)
     assert list(rows) == ["shot1", "shot2", "shot3", "shot4"]
     for k in range(1, 5):
-        keys = {"random", "retrieval"} | ({"best_beam"} if k <= 2 else set())
+        # "sft" comes from trainer.warmup:simulator_sft_sequences, the default SFT_BASELINE hook
+        keys = {"random", "retrieval", "sft"} | ({"best_beam"} if k <= 2 else set())
         assert set(rows[f"shot{k}"]) == keys
         assert all(0 <= v <= 1 for v in rows[f"shot{k}"].values())
 
