@@ -15,6 +15,7 @@ loads strictly once ``lever_lm.pointer_selector.`` is stripped.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -95,22 +96,67 @@ class PointerSelector(nn.Module):
 
         Returns:
             q0 [B, H] and cands [B, P, H], both unit-norm rows.
+
+        The pool costs most of the FLOPs, so it is touched as little as possible (the
+        result equals the textbook ``MHA(W_in q, W_in C, W_in C)`` form up to rounding):
+        attention runs on the query side (one query token: the key/value projections are
+        applied to it, not to all P candidates) and, once a batch has at least ``d`` pool
+        rows, ``cand_proj`` and ``input_proj`` are multiplied first so that the pool goes
+        through one d -> H product instead of d -> H -> H.
         """
-        h = self.input_proj(query_emb).unsqueeze(1)        # [B, 1, H]
-        cands = self.input_proj(cand_emb)                   # [B, P, H]
+        h = self.input_proj(query_emb)                              # [B, H]
+        fused = cand_emb.shape[0] * cand_emb.shape[1] >= self.d_in
+        # Fused: attention reads the raw [B, P, d] embeddings; else the projected [B, P, H].
+        memory = cand_emb if fused else self.input_proj(cand_emb)
         # A query with no valid slot would make every attention key masked and the softmax
         # NaN; such a row is padding anyway, so let it attend over its padded slots.
         ignore = ~pool_mask & pool_mask.any(dim=-1, keepdim=True)
         for attn, norm in zip(self.cross_attn_layers, self.attn_norms):
-            out, _ = attn(h, cands, cands, key_padding_mask=ignore, need_weights=False)
-            h = norm(out + h)
-        q0 = F.normalize(self.dropout(self.query_proj(h.squeeze(1))), dim=-1)
-        keys = F.normalize(self.dropout(self.cand_proj(cands)), dim=-1)
-        return q0, keys
+            h = norm(self._attend(attn, h, memory, ignore, raw=fused) + h)
+        q0 = F.normalize(self.dropout(self.query_proj(h)), dim=-1)
+        if fused:
+            keys = F.linear(cand_emb, self.cand_proj.weight @ self.input_proj.weight)
+        else:
+            keys = self.cand_proj(memory)
+        return q0, F.normalize(self.dropout(keys), dim=-1)
+
+    def _attend(self, attn: nn.MultiheadAttention, h: torch.Tensor, memory: torch.Tensor,
+                ignore: torch.Tensor, raw: bool) -> torch.Tensor:
+        """``attn(h, W_in C, W_in C)`` for one query token per row, without projecting the pool.
+
+        Args:
+            h: [B, H] query state; memory: [B, P, d] raw embeddings if ``raw`` else [B, P, H]
+            projected ones; ignore: [B, P] bool key padding mask.
+
+        Returns:
+            [B, H], the module's output (same parameters, same attention dropout).
+        """
+        b, n = h.shape[0], attn.num_heads
+        dh = self.hidden_dim // n
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, _, b_v = attn.in_proj_bias.chunk(3)   # the key bias adds a per-row constant: softmax drops it
+        q = F.linear(h, w_q, b_q).view(b, n, dh) * dh ** -0.5
+        u = torch.einsum("bne,nei->bni", q, w_k.view(n, dh, -1))    # [B, n, H]: q.(W_k c) = (W_k^T q).c
+        if raw:
+            u = u @ self.input_proj.weight                          # [B, n, d]
+        scores = torch.einsum("bni,bpi->bnp", u, memory).masked_fill(ignore.unsqueeze(1), -math.inf)
+        weights = F.dropout(scores.softmax(-1), attn.dropout, self.training)   # [B, n, P]
+        z = torch.einsum("bnp,bpi->bni", weights, memory)           # weighted pool, before W_v
+        if raw:
+            z = F.linear(z, self.input_proj.weight)                 # [B, n, H]
+        out = torch.einsum("bni,nei->bne", z, w_v.view(n, dh, -1))
+        out = out + weights.sum(-1, keepdim=True) * b_v.view(n, dh)  # dropout leaves sum(weights) != 1
+        return attn.out_proj(out.reshape(b, self.hidden_dim))
 
     def _update_query(self, q: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        """V4-1 gate: q' = normalize(g*q + (1-g)*c), g = sigmoid(W_g[q; c] + b_g). Shapes [..., H]."""
-        g = torch.sigmoid(self.query_update_gate(torch.cat([q, chosen], dim=-1)))
+        """V4-1 gate: q' = normalize(g*q + (1-g)*c), g = sigmoid(W_g[q; c] + b_g).
+
+        Shapes [..., H]; ``q`` may broadcast against ``chosen`` ([B, 1, H] vs [B, C, H]):
+        W_g is applied in halves, so a state shared by C sequences is multiplied once.
+        """
+        w = self.query_update_gate.weight
+        g = torch.sigmoid(F.linear(q, w[:, : self.hidden_dim], self.query_update_gate.bias)
+                          + F.linear(chosen, w[:, self.hidden_dim:]))
         return F.normalize(g * q + (1 - g) * chosen, dim=-1)
 
     # ------------------------------------------------------------ teacher forcing
@@ -119,14 +165,15 @@ class PointerSelector(nn.Module):
                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits [B, C, S, P] and the matching bool ``allowed`` mask [B, C, S, P]."""
         b, c, s = labels.shape
-        # contiguous: a stride-0 expanded operand sends einsum/bmm to a ~60x slower CPU path
-        q = q0.unsqueeze(1).expand(b, c, q0.shape[-1]).contiguous()    # [B, C, H]
+        # Until the first update every sequence of a query has the same state, so step 0
+        # is scored once per query ([B, 1, H]) and broadcast.
+        q = q0.unsqueeze(1)
         chosen_mask = torch.zeros(b, c, cands.shape[1], dtype=torch.bool, device=cands.device)
         padded = ~pool_mask.unsqueeze(1)                                # [B, 1, P]
         logits, allowed = [], []
         for t in range(s):
             blocked = chosen_mask | padded                              # [B, C, P]
-            scores = torch.einsum("bch,bph->bcp", q, cands) / TAU
+            scores = torch.einsum("bch,bph->bcp", q, cands) / TAU       # [B, 1 or C, P]
             logits.append(scores.masked_fill(blocked, MASK_VALUE))
             allowed.append(~blocked)
             a = labels[:, :, t]                                         # [B, C]

@@ -165,6 +165,30 @@ def test_batched_sequence_logp_equals_per_sequence_loop(num_layers, shots):
     assert (batched - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_small_and_large_batches_take_different_encoder_paths_to_the_same_result(num_heads):
+    # encode() multiplies the pool through cand_proj @ input_proj once B * P >= d_in (the batch);
+    # one query (P = 7 < d_in = 12) projects the pool first. Both must equal the loop, in train mode too.
+    m = small_model(num_heads=num_heads).eval()
+    query, cands, pool_mask, labels, seq_mask = make_batch(seed=12)
+    assert query.shape[0] * cands.shape[1] >= D_IN > cands.shape[1]
+    with torch.no_grad():
+        batched = m.sequence_logp(query, cands, pool_mask, labels, seq_mask=seq_mask)
+        for i in range(3):
+            one = m.sequence_logp(query[i:i + 1], cands[i:i + 1], pool_mask[i:i + 1], labels[i:i + 1],
+                                  seq_mask=seq_mask[i:i + 1])
+            assert (one[0] - batched[i]).abs().max() <= 1e-5
+            to_compact, valid = compact(pool_mask[i])
+            seq = [to_compact[int(a)] for a in labels[i, 0]]
+            assert abs(float(one[0, 0]) + float(loop_nll(m, query[i], cands[i, valid], seq))) <= 1e-5
+    m.train()
+    for batch in (slice(0, 3), slice(1, 2)):
+        m.zero_grad()
+        m.sequence_logp(query[batch], cands[batch], pool_mask[batch], labels[batch],
+                        seq_mask=seq_mask[batch]).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
 def test_label_smoothing_spreads_only_over_allowed_slots():
     m = small_model().eval()
     query, cands, pool_mask, labels, seq_mask = make_batch(seed=3)
