@@ -100,17 +100,21 @@ def _zero_spread(r: torch.Tensor, group: torch.Tensor) -> float:
 
 def _grpo_family(scale: str, anchor: bool) -> Callable[[RunState, TrainConfig, OfflineBatch], tuple]:
     def loss(st: RunState, cfg: TrainConfig, x: OfflineBatch) -> tuple[torch.Tensor, Stats]:
-        g, b = cfg.grpo, x.b
-        # curriculum: the group is the top-k candidates by reward
-        group = losses.top_k_mask(x.raw, b.seq_mask, x.group_k)
-        adv = losses.group_advantages(x.raw, group, std_floor=g.std_floor, clip=g.advantage_clip, scale=scale)
+        g = cfg.grpo
+        # curriculum: the group is the top-k candidates by reward; only they are decoded
+        group = losses.top_k_mask(x.raw, x.b.seq_mask, x.group_k)
+        b, cols = x.b.take_sequences(group)
+        raw, ref_logp = x.raw.gather(1, cols), x.ref_logp.gather(1, cols)
+        adv = losses.group_advantages(raw, b.seq_mask, std_floor=g.std_floor, clip=g.advantage_clip,
+                                      scale=scale)
         new_logp = _logp(st, b)
-        total, stats = losses.grpo_loss(new_logp, x.ref_logp, adv, group, clip_epsilon=g.clip_epsilon,
+        total, stats = losses.grpo_loss(new_logp, ref_logp, adv, b.seq_mask, clip_epsilon=g.clip_epsilon,
                                         kl_beta=st.kl_beta)
         if anchor:
             # PPO-ptx style: keep the best recorded candidate likely while GRPO reshapes the rest
+            # (the top-1 is in every top-k group, and the cut keeps the tie order)
             nll = -new_logp if not cfg.model.label_smoothing else _nll(st, cfg, b)
-            ce = losses.selected_ce_loss(nll, losses.top_k_mask(x.raw, b.seq_mask, 1))
+            ce = losses.selected_ce_loss(nll, losses.top_k_mask(raw, b.seq_mask, 1))
             total = total + g.anchor_lambda * ce
             stats["anchor_loss"] = float(ce.detach())
         return total, {**stats, "frac_zero_std": _zero_spread(x.raw, group)}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -20,6 +20,18 @@ class Batch:
     pool_mask: torch.Tensor   # [B, P]
     seqs: torch.Tensor        # [B, C, S]
     seq_mask: torch.Tensor    # [B, C]
+
+    def take_sequences(self, keep: torch.Tensor) -> tuple["Batch", torch.Tensor]:
+        """The batch cut to the sequences ``keep`` [B, C] marks, and their columns [B, K].
+
+        K is the largest number kept by one query; columns stay in their original order
+        (stable), so ties among the kept sequences break as they did before the cut. The
+        pool is untouched: the encoder's cost does not depend on C, the decoder's does.
+        """
+        k = max(int(keep.sum(1).max()) if keep.numel() else 0, 1)   # never an empty C axis
+        cols = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+        seqs = self.seqs.gather(1, cols.unsqueeze(-1).expand(-1, -1, self.seqs.shape[-1]))
+        return replace(self, seqs=seqs, seq_mask=keep.gather(1, cols)), cols
 
 
 def make_batch(groups: QueryGroups, index: torch.Tensor, embeddings: torch.Tensor,

@@ -28,7 +28,7 @@ import torch
 
 from trainer import losses
 from trainer.algorithms import ALGORITHMS, StageData
-from trainer.batching import batch_indices, lr_scheduler, make_batch, rce_temperature, steps_per_epoch
+from trainer.batching import Batch, batch_indices, lr_scheduler, make_batch, rce_temperature, steps_per_epoch
 from trainer.config import TrainConfig, post_epochs, post_steps_per_batch
 from trainer.online import check_oracle
 from trainer.model import PointerSelector
@@ -141,14 +141,20 @@ def run_rce_epoch(st: RunState, task: Task, weights: torch.Tensor, cfg: TrainCon
     for idx in batch_indices(groups.num_queries, cfg.optim.batch_size, st.generator):
         b = make_batch(groups, idx, task.embeddings, task.device)
         tau = rce_temperature(st.stage_step, total_steps, rce.rce_temp_start, rce.rce_temp_end)
-        nll = model.sequence_nll(b.query_emb, b.cand_emb, b.pool_mask, b.seqs,
-                                 label_smoothing=cfg.model.label_smoothing, seq_mask=b.seq_mask)
         w = weights[idx, : b.seq_mask.shape[1]].to(task.device)
-        loss = losses.rce_loss(-nll, w, b.seq_mask, tau=tau)
+        loss = rce_batch_loss(model, b, w, tau, cfg.model.label_smoothing)
         _step(model, st.optimizer, st.scheduler, loss, cfg.optim.grad_clip, "rce_loss")
         st.stage_step += 1
         losses_.append(loss.item())
     return {"phase": "rce", "rce_loss": _mean(losses_), "rce_tau": tau, "lr": st.lr}
+
+
+def rce_batch_loss(model: PointerSelector, b: Batch, weights: torch.Tensor, tau: float,
+                   label_smoothing: float = 0.0) -> torch.Tensor:
+    """RCE loss of one batch: every candidate of every query in one forward; weights [B, C]."""
+    nll = model.sequence_nll(b.query_emb, b.cand_emb, b.pool_mask, b.seqs, label_smoothing=label_smoothing,
+                             seq_mask=b.seq_mask)
+    return losses.rce_loss(-nll, weights, b.seq_mask, tau=tau)
 
 
 def run_post_epoch(st: RunState, task: Task, data: StageData, cfg: TrainConfig,

@@ -7,6 +7,7 @@ import torch
 from tests.trainer.conftest import make_tiny_task
 from tests.trainer.test_knobs import POST_SFT
 from trainer import config as C
+from trainer import losses
 from trainer.algorithms import ALGORITHMS, StageData, _online_prepare
 from trainer.batching import make_batch
 from trainer.errors import ConfigError
@@ -241,6 +242,36 @@ def test_unscored_samples_are_left_out_of_their_group(sft):
     assert (x.adv[~x.mask] == 0).all() and (x.old_logp[~x.mask] == 0).all()
     assert torch.allclose(x.old_logp[x.mask], st.model.reference_logp(
         *_embedded(task, torch.arange(4)), x.seqs)[x.mask])
+
+
+@pytest.mark.parametrize("algorithm, group_k", [("grpo", 3), ("grpo", 0), ("grpo_anchor", 2), ("dr_grpo", 4)])
+def test_grpo_family_decodes_only_its_group_and_computes_the_full_batch_loss(algorithm, group_k, sft):
+    # The loss restated on every candidate with the top-k group as its mask (the definition);
+    # the algorithm decodes only the group's sequences and must give the same number.
+    cfg, task = make_tiny_task(algorithm=algorithm, rce_epochs=0, grpo_epochs=1)
+    st = RunState.start(cfg, task, sft, None)
+    st.model.eval()
+    raw = task.train.beam_score + task.train.correct
+    ref = reference_logp(st.ref_model, task.train, task) - 0.1 * task.train.correct   # ratio != 1
+    idx = torch.tensor([0, 5, 10, 3])                     # rows 0, 5, 10 have a padded candidate
+    algo = ALGORITHMS[algorithm]
+    x = algo.prepare(st, task, cfg, StageData(raw, raw, ref, group_k), idx)
+    with torch.no_grad():
+        loss, stats = algo.loss(st, cfg, x)
+        b = x.b
+        group = losses.top_k_mask(x.raw, b.seq_mask, group_k)
+        scale = "none" if algorithm == "dr_grpo" else "std"
+        adv = losses.group_advantages(x.raw, group, std_floor=cfg.grpo.std_floor, clip=cfg.grpo.advantage_clip,
+                                      scale=scale)
+        logp = st.model.sequence_logp(b.query_emb, b.cand_emb, b.pool_mask, b.seqs, seq_mask=b.seq_mask)
+        expected, expected_stats = losses.grpo_loss(logp, x.ref_logp, adv, group,
+                                                    clip_epsilon=cfg.grpo.clip_epsilon, kl_beta=st.kl_beta)
+        if algorithm == "grpo_anchor":
+            expected = expected + cfg.grpo.anchor_lambda * losses.selected_ce_loss(
+                -logp, losses.top_k_mask(x.raw, b.seq_mask, 1))
+    assert abs(float(loss) - float(expected)) <= 1e-6
+    for key in ("ppo_loss", "kl", "mean_ratio", "adv_mean", "adv_std", "clip_frac"):
+        assert stats[key] == pytest.approx(expected_stats[key], abs=1e-6), key
 
 
 def _embedded(task, idx):
