@@ -7,9 +7,12 @@ queries x 20 candidates and a beam JSON (5 beams each); the same files at toy sc
 matrix ("same queries"), whose trials compute exactly what the data trials compute
 (same split sizes, batches, decode chunks) and differ only by the embedding matrix.
 Each set is loaded once by
-``DataSource.from_files`` and run as ``--trials`` concurrent Tune trials of the real
+``DataSource.from_files``, its trials' tensors built once (``DataSource.prepare``, as
+``sweep/run.py`` does), and run as ``--trials`` concurrent Tune trials of the real
 ``icd_trainable`` (``tune.with_parameters``, 1 CPU each; no RCE, 1 GRPO epoch on
-``train_queries`` queries, validation and test evaluation on every held-out query),
+``train_queries`` queries, validation and test evaluation on every held-out query);
+the big set runs once more without ``prepare`` (each trial builds its own tensors, as a
+trial whose data configuration the driver could not enumerate does),
 while a sampler reads every trial worker's memory (bench/lib/procs.py). Last, one
 ``ray.get`` in a fresh worker measures what shipping costs: the DataSource as shipped
 vs its fields pickled the way a plain dataclass pickles them (``ray_get_uss_mb``).
@@ -49,7 +52,7 @@ from bench.lib.procs import TreeSampler  # noqa: E402
 from bench.lib.sweeps import write_tmp_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-KINDS = ("rss", "uss", "pss")
+KINDS = ("rss", "uss", "pss", "anon", "shmem_pss")
 
 
 def write_files(root: Path, rows: int, dim: int, queries: int, candidates: int, seed: int = 0) -> dict:
@@ -87,7 +90,7 @@ def write_files(root: Path, rows: int, dim: int, queries: int, candidates: int, 
 
 
 def run_trials(files: dict, n_trials: int, train_queries: int, interval: float, storage: Path,
-               name: str) -> list[dict]:
+               name: str, prepare: bool = True) -> list[dict]:
     """``n_trials`` concurrent trials of icd_trainable on ``files``; each trial worker's peak/last memory."""
     from ray import tune
 
@@ -99,6 +102,8 @@ def run_trials(files: dict, n_trials: int, train_queries: int, interval: float, 
     source = DataSource.from_files(**files, evaluator="lookup")
     base = {"rce_epochs": 0, "grpo_epochs": 1, "train_queries": train_queries}
     cfg = from_dict(base)
+    if prepare:  # what sweep/run.py does: the trials' tensors are built once, here, and shipped built
+        source.prepare([cfg])
     # untrained SFT weights: this measures memory, not accuracy, and the driver's SFT is not per trial
     warm = WarmStart(PointerSelector.from_config(cfg.model, int(source.embeddings.shape[1])).state_dict())
     trainable = tune.with_resources(tune.with_parameters(icd_trainable, source=source, warm=warm), {"cpu": 1})
@@ -164,7 +169,8 @@ def growth(data: list[dict], base: list[dict], data_bytes: int) -> dict:
     """
     out = {}
     for kind in KINDS:
-        extra = max(t["peak"][kind] for t in data) - float(np.mean([t["peak"][kind] for t in base]))
+        extra = max(t["peak"].get(kind, np.nan) for t in data) - float(np.mean([t["peak"].get(kind, np.nan)
+                                                                                  for t in base]))
         out[kind] = {"mb": extra / 1e6, "fraction": extra / data_bytes}
     return out
 
@@ -199,16 +205,21 @@ def main() -> None:
         queries_only = run_trials(same, args.trials, args.train_queries, args.interval, root / "runs",
                                   "same_queries")
         data = run_trials(big, args.trials, args.train_queries, args.interval, root / "runs", "data")
+        # a trial whose data configuration the driver could not prepare (an Optuna-sampled data knob)
+        own = run_trials(big, args.trials, args.train_queries, args.interval, root / "runs", "data_own_build",
+                         prepare=False)
         shipped = transport_cost(big)
         ray.shutdown()
         peak, emb = growth(data, empty, data_bytes), growth(data, queries_only, data_bytes)
         out = {"rows": args.rows, "dim": args.dim, "queries": args.queries, "candidates": args.candidates,
                "trials": args.trials, "data_mb": data_bytes / 1e6,
                "rss_growth_fraction": peak["uss"]["fraction"],
+               "rss_growth_fraction_own_build": growth(own, empty, data_bytes)["uss"]["fraction"],
                "growth_peak": peak, "embedding_growth_peak": emb,
                "no_data_trials_mb": [{k: v / 1e6 for k, v in t["peak"].items()} for t in empty],
                "same_queries_trials_mb": [{k: v / 1e6 for k, v in t["peak"].items()} for t in queries_only],
                "data_trials_mb": [{k: v / 1e6 for k, v in t["peak"].items()} for t in data],
+               "data_own_build_trials_mb": [{k: v / 1e6 for k, v in t["peak"].items()} for t in own],
                "concurrent_s": min(t["concurrent_s"] for t in data),
                "data_trial_spans_s": [t["span_s"] for t in data],
                "ray_get_uss_mb": shipped}
@@ -216,6 +227,8 @@ def main() -> None:
             print(f"{kind.upper()}: each trial peaks {peak[kind]['mb']:8.1f} MB above a no-data trial "
                   f"= {100 * peak[kind]['fraction']:5.1f}% of the {data_bytes / 1e6:.0f} MB embeddings "
                   f"; above a same-queries trial: {emb[kind]['mb']:.1f} MB")
+        print(f"USS of a data trial that builds its own tensors (data configuration not prepared): "
+              f"{100 * out['rss_growth_fraction_own_build']:.1f}% of the embeddings above a no-data trial")
         print(f"one ray.get in a fresh worker adds {shipped['datasource']:.1f} MB USS for the DataSource, "
               f"{shipped['plain_fields']:.1f} MB for its fields pickled as a plain dataclass would")
         print(json.dumps(out))

@@ -269,6 +269,8 @@ def _sweep(args, space, source, record, exp_dir: Path, base, warm, trial_warm) -
     restore = tune_started(exp_dir)
     init_ray(address=args.address, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
              dashboard_port=args.dashboard_port)
+    # the trials' tensors are built here once per data configuration, so no trial decodes the files
+    source.prepare(from_dict(space.resolve(c)) for c in space.preview(args.search, args.num_samples, 1, args.seed))
     trainable = ray.tune.with_parameters(icd_trainable, source=source, warm=trial_warm, resolve=space.resolve)
     if restore:
         # completed (and pruned) trials are kept as they are; unfinished ones continue from their last

@@ -141,30 +141,42 @@ class LookupEvaluator:
     Only sequences that were actually run through the VLM have an outcome, so
     this source scores one shot count (the data's shot_num) and reports the
     fraction of queries whose selected sequence it found (``coverage``).
+
+    The records stay the candidate groups' own tensors (no per-sequence dict): a
+    trial of a 5,000-query file holds a few MB, looked up vectorised per query.
     """
 
     name = "lookup"
 
-    def __init__(self, records: dict[tuple[int, ...], float]):
-        self.records = records  # (query id, *global ids in prompt order) -> correctness
+    def __init__(self, query_ids: torch.Tensor, seqs: torch.Tensor, mask: torch.Tensor, acc: torch.Tensor):
+        if len(query_ids) > 1 and not bool((query_ids[1:] > query_ids[:-1]).all()):
+            order = torch.argsort(query_ids)
+            query_ids, seqs, mask, acc = query_ids[order], seqs[order], mask[order], acc[order]
+        self.query_ids = query_ids          # [Q] ascending
+        self.seqs = seqs                    # [Q, C, S] global ids in prompt order
+        self.mask = mask                    # [Q, C]
+        self.acc = acc                      # [Q, C] recorded correctness
 
     @classmethod
     def from_groups(cls, groups) -> "LookupEvaluator":
-        records: dict[tuple[int, ...], float] = {}
-        globals_ = torch.gather(groups.pool.unsqueeze(1).expand(-1, groups.seqs.shape[1], -1), 2,
-                                groups.seqs)  # [Q, C, S] global ids
-        for qi, q in enumerate(groups.query_ids.tolist()):
-            for ci in torch.nonzero(groups.seq_mask[qi]).flatten().tolist():
-                records[(q, *globals_[qi, ci].tolist())] = float(groups.acc[qi, ci])
-        return cls(records)
+        globals_ = torch.gather(groups.pool.unsqueeze(1).expand(-1, groups.seqs.shape[1], -1), 2, groups.seqs)
+        return cls(groups.query_ids, globals_, groups.seq_mask, groups.acc)
 
     @property
     def shots(self) -> set[int]:
-        return {len(k) - 1 for k in self.records}
+        return {int(self.seqs.shape[-1])} if self.mask.any() else set()
 
     def score(self, query_ids: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
-        keys = [(int(q), *map(int, s)) for q, s in zip(query_ids.tolist(), seqs.tolist())]
-        return torch.tensor([self.records.get(k, math.nan) for k in keys], dtype=torch.float64)
+        out = torch.full((len(query_ids),), math.nan, dtype=torch.float64)
+        if len(query_ids) == 0 or len(self.query_ids) == 0 or seqs.shape[1] != self.seqs.shape[-1]:
+            return out
+        rows = torch.searchsorted(self.query_ids, query_ids).clamp(max=len(self.query_ids) - 1)
+        known = self.query_ids[rows] == query_ids
+        match = (self.seqs[rows] == seqs.unsqueeze(1)).all(-1) & self.mask[rows]      # [n, C]
+        last = match.shape[1] - 1 - match.flip(1).to(torch.uint8).argmax(1)          # a repeat: the last
+        hit = known & match.any(1)
+        out[hit] = self.acc[rows[hit], last[hit]].double()
+        return out
 
 
 class CallableEvaluator:
@@ -215,19 +227,31 @@ def evaluate_sequences(evaluator: Evaluator, query_ids: torch.Tensor,
     return report
 
 
+DECODE_CHUNK_BYTES = 8 << 20
+"""Pool embeddings gathered per chunk of queries (queries x P x d x 4 bytes) when decoding or
+scoring a split: a trial's evaluation peak stays near this whatever the split's size."""
+
+
+def queries_per_chunk(pool_width: int, dim: int) -> int:
+    """How many queries' pools fit in ``DECODE_CHUNK_BYTES`` (at least one)."""
+    return max(1, DECODE_CHUNK_BYTES // max(pool_width * dim * 4, 1))
+
+
 @torch.no_grad()
 def decode_sequences(model, embeddings: torch.Tensor, query_ids: torch.Tensor, pool: torch.Tensor,
-                     pool_mask: torch.Tensor, max_shot: int, chunk: int = 512) -> dict[int, torch.Tensor]:
+                     pool_mask: torch.Tensor, max_shot: int, chunk: int | None = None) -> dict[int, torch.Tensor]:
     """Greedy decodes for k = 1..max_shot as global ids: shot -> [Q, k].
 
     One decode of ``max_shot`` steps gives every shorter prefix: greedy
-    decoding of k ICDs is the first k steps of decoding max_shot.
+    decoding of k ICDs is the first k steps of decoding max_shot. ``chunk``
+    queries are decoded at a time (default: ``DECODE_CHUNK_BYTES`` of pool embeddings).
     """
     was_training = model.training
     model.eval()
     try:
         max_shot = min(max_shot, int(pool_mask.sum(1).min()))
         device = next(model.parameters()).device
+        chunk = chunk or queries_per_chunk(pool.shape[1], embeddings.shape[1])
         parts = []
         for s in range(0, len(query_ids), chunk):
             q = query_ids[s:s + chunk]

@@ -14,7 +14,7 @@ from trainer.batching import lr_scheduler, steps_per_epoch
 from trainer.checkpoints import atomic_torch_save, safe_torch_load
 from trainer.config import ModelConfig, TrainConfig, post_epochs, post_steps_per_batch
 from trainer.data.groups import QueryGroups
-from trainer.evaluate import EvalReport, Evaluator, decode_sequences, evaluate_sequences
+from trainer.evaluate import EvalReport, Evaluator, decode_sequences, evaluate_sequences, queries_per_chunk
 from trainer.model import PointerSelector
 
 STATE_FILE = "state.pt"
@@ -87,9 +87,13 @@ def ranking_metrics(logp: torch.Tensor, groups: QueryGroups) -> dict[str, float]
 
 
 @torch.no_grad()
-def reference_logp(model: PointerSelector, groups: QueryGroups, task: Task, chunk: int = 256) -> torch.Tensor:
-    """Eval-mode sequence log-probs of every training candidate: [Q, C] (padding = 0)."""
+def reference_logp(model: PointerSelector, groups: QueryGroups, task: Task, chunk: int | None = None) -> torch.Tensor:
+    """Eval-mode sequence log-probs of every candidate of ``groups``: [Q, C] (padding = 0).
+
+    ``chunk`` queries at a time (default: ``DECODE_CHUNK_BYTES`` of pool embeddings).
+    """
     out = torch.zeros(groups.seq_mask.shape)
+    chunk = chunk or queries_per_chunk(groups.pool.shape[1], task.embeddings.shape[1])
     for start in range(0, groups.num_queries, chunk):
         idx = torch.arange(start, min(start + chunk, groups.num_queries))
         pool = groups.pool[idx]

@@ -12,11 +12,20 @@ Shipping to trials: pickling a ``DataSource`` (Ray's object store, through
 RL/beam/pool entries into flat numpy columns. Ray hands numpy buffers to every
 worker as read-only views of the shared object store, so N concurrent trials
 hold one copy of a 400k-row matrix, not N; and the unpickled ``rl``/``beam``/
-``pools`` are read-only mappings that build an entry only when it is read, so a
-trial's python objects for them exist only while ``task()`` builds its tensors.
+``pools`` are read-only mappings that build an entry only when it is read.
+
+Building a task's tensors from the entries (filters, pools, padding) is the
+expensive part of ``task()`` in time and transient memory: a 5,000-query file
+decodes 100k python candidate objects. ``task()`` therefore keeps what it built
+per data configuration (:class:`TaskData`, keyed by :func:`data_key`), and the
+driver calls :meth:`DataSource.prepare` with the sweep's configurations before
+Ray ships the source, so every trial receives the built tensors and decodes no
+entry at all. A trial whose data configuration was not prepared (an Optuna
+sample of a data knob) builds its own, as before.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -24,7 +33,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +43,44 @@ from trainer.data.build import build_dataset, stack_pools
 from trainer.data.loaders import BeamEntry, RLCandidate, RLEntry, rl_shot_num
 from trainer.errors import UserError
 from trainer.evaluate import CallableEvaluator, Evaluator, LookupEvaluator, SimulatorEvaluator
+from trainer.data.groups import QueryGroups
 from trainer.state import EvalSplit, Task
+
+
+@dataclass
+class TaskData:
+    """The tensors ``DataSource.task`` builds for one data configuration (shared by the trials that have it)."""
+
+    train: QueryGroups                  # the training queries' scored candidate groups
+    beam_train: QueryGroups | None      # the training queries' beams (SFT)
+    splits: dict[str, EvalSplit]        # "val", and "test" when held out
+    lookup: QueryGroups | None          # every query's recorded candidates, for the lookup evaluator
+
+    def __reduce__(self):
+        """Pickle every tensor as a numpy array, so that Ray hands trials store views, not copies."""
+        splits = {name: (s.query_ids.numpy(), s.pool.numpy(), s.pool_mask.numpy(), _columns(s.groups))
+                  for name, s in self.splits.items()}
+        return _unpickle_task_data, (_columns(self.train), _columns(self.beam_train), splits,
+                                     _columns(self.lookup))
+
+
+def _columns(groups: QueryGroups | None) -> dict[str, np.ndarray] | None:
+    return None if groups is None else {f.name: getattr(groups, f.name).numpy() for f in fields(groups)}
+
+
+def _groups(cols: dict[str, np.ndarray] | None) -> QueryGroups | None:
+    return None if cols is None else QueryGroups(**{k: shared_tensor(v) for k, v in cols.items()})
+
+
+def _unpickle_task_data(train, beam_train, splits, lookup) -> TaskData:
+    return TaskData(_groups(train), _groups(beam_train),
+                    {name: EvalSplit(shared_tensor(q), shared_tensor(p), shared_tensor(m), _groups(g))
+                     for name, (q, p, m, g) in splits.items()}, _groups(lookup))
+
+
+def data_key(cfg: TrainConfig) -> str:
+    """What ``task()`` builds depends on the data stage only."""
+    return config_hash(dataclasses.asdict(cfg.data))
 
 
 @dataclass
@@ -49,6 +95,7 @@ class DataSource:
     bench: Any = None                   # the simulator (oracle) when evaluator == "simulator"
     eval_seed: int = 0                  # seed of sampled evaluation (fixed per sweep, like a fixed VLM)
     fingerprint: str = ""               # content hash of the inputs (cache keys)
+    prepared: dict[str, TaskData] = field(default_factory=dict)  # data_key -> built tensors
 
     @classmethod
     def from_files(cls, *, embeddings: str, rl: str | None = None, beam: str | None = None,
@@ -79,14 +126,31 @@ class DataSource:
                              eval_seed=eval_seed)
         return src
 
-    def make_evaluator(self, cfg: TrainConfig, dataset) -> Evaluator:
+    def make_evaluator(self, cfg: TrainConfig, data: TaskData) -> Evaluator:
         if self.evaluator == "simulator":
             return SimulatorEvaluator(self.bench, cfg.eval.eval_mode, seed=self.eval_seed)
         if self.evaluator == "lookup":
-            return LookupEvaluator.from_groups(dataset.rl)
+            return LookupEvaluator.from_groups(data.lookup)
         return CallableEvaluator(self.evaluator)
 
     def task(self, cfg: TrainConfig, device: str | None = None) -> Task:
+        key = data_key(cfg)
+        data = self.prepared.get(key)
+        if data is None:
+            data = self.prepared[key] = self._build(cfg)
+        return Task(model_cfg=cfg.model, embeddings=self.embeddings, train=data.train, beam_train=data.beam_train,
+                    splits=data.splits, evaluator=self.make_evaluator(cfg, data),
+                    device=torch.device(device or cfg.run.device))
+
+    def prepare(self, configs: Iterable[TrainConfig]) -> int:
+        """Build the tensors of every distinct data configuration among ``configs``; returns how many."""
+        for cfg in configs:
+            key = data_key(cfg)
+            if key not in self.prepared:
+                self.prepared[key] = self._build(cfg)
+        return len(self.prepared)
+
+    def _build(self, cfg: TrainConfig) -> TaskData:
         # one decode of packed entries per call (the builder reads them several times); freed on return
         rl, beam, pools = (None if m is None else dict(m) for m in (self.rl, self.beam, self.pools))
         dataset, split, _ = build_dataset(embeddings=self.embeddings, rl=rl, beam=beam, pools=pools,
@@ -109,9 +173,7 @@ class DataSource:
                 splits[name] = EvalSplit(ids, pool, pool_mask, groups)
         if "val" not in splits:
             raise UserError("val_fraction: no validation query has a candidate pool; add queries or pools")
-        return Task(model_cfg=cfg.model, embeddings=self.embeddings, train=train, beam_train=beam_train,
-                    splits=splits, evaluator=self.make_evaluator(cfg, dataset),
-                    device=torch.device(device or cfg.run.device))
+        return TaskData(train, beam_train, splits, dataset.rl if self.evaluator == "lookup" else None)
 
     def __reduce__(self):
         """Pickle as numpy columns (module docstring): what Ray shares between trials without copies."""
@@ -129,12 +191,13 @@ def _unpickle_source(state: dict) -> DataSource:
 
 
 def shared_tensor(array: np.ndarray) -> torch.Tensor:
-    """``array`` as a tensor without a copy; [N, d] in, [N, d] out.
+    """``array`` as a tensor without a copy, same shape.
 
     Ray returns numpy arrays from its object store read-only, and torch warns that
     it cannot mark a tensor read-only. Nothing in the trainer writes to the
-    embeddings (batches gather rows into new tensors), so the warning is silenced
-    here, for this conversion only; an in-place write would change every trial's data.
+    embeddings or a task's tensors (batches gather rows into new tensors), so the
+    warning is silenced here, for this conversion only; an in-place write would
+    change every trial's data.
     """
     if array.flags.writeable:
         return torch.from_numpy(array)

@@ -56,10 +56,27 @@ class ProcTrace:
         return used
 
 
+def rollup(pid: int) -> dict[str, int]:
+    """``anon``: the process's anonymous pages (heap, tensors it allocated: where a copy of the data
+    would live), and ``shmem_pss``: its share of shared-memory pages (the object store), in bytes."""
+    fields = {"Anonymous:": "anon", "Pss_Shmem:": "shmem_pss"}
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key, *rest = line.split()
+                if key in fields:
+                    out[fields[key]] = int(rest[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 class TreeSampler:
     """Background thread sampling every descendant of ``root_pid`` each ``interval`` seconds.
 
-    ``memory=True`` also reads USS/PSS (``/proc/PID/smaps_rollup``) of trial workers.
+    ``memory=True`` also reads USS/PSS and the anonymous / shared-memory split
+    (``/proc/PID/smaps_rollup``) of trial workers.
     A process that exits between two samples loses at most ``interval`` s of CPU,
     so utilisation computed from these traces errs low, never high.
     """
@@ -108,8 +125,8 @@ class TreeSampler:
                             trace.cpu_before = trace.cpu[-1][1] if trace.cpu else 0.0
                     if self.memory and trace.is_trial:
                         m = p.memory_full_info()
-                        mem = {"rss": m.rss, "uss": m.uss, "pss": m.pss}
-                        trace.peak = {k: max(v, trace.peak.get(k, 0)) for k, v in mem.items()}
+                        mem = {"rss": m.rss, "uss": m.uss, "pss": m.pss, **rollup(p.pid)}
+                        trace.peak = {**trace.peak, **{k: max(v, trace.peak.get(k, 0)) for k, v in mem.items()}}
                     trace.cpu.append((now, t.user + t.system))
             except psutil.Error:  # exited while being read
                 continue

@@ -55,7 +55,8 @@ def test_pickled_source_keeps_embeddings_out_of_band_and_entries_columnar(source
     emb_bytes = source.embeddings.numel() * 4
     assert any(b.raw().nbytes == emb_bytes for b in buffers)
     # besides the simulator (its own tensors), the stream holds no per-candidate python objects
-    data_only = pickle.dumps(dataclasses.replace(source, bench=None), protocol=5, buffer_callback=lambda b: None)
+    data_only = pickle.dumps(dataclasses.replace(source, bench=None, prepared={}), protocol=5,
+                             buffer_callback=lambda b: None)
     assert len(data_only) < 20_000 < sum(b.raw().nbytes for b in buffers)
     back = pickle.loads(stream, buffers=buffers)
     assert isinstance(back.rl, PackedRL) and isinstance(back.beam, PackedBeam) and isinstance(back.pools, PackedPools)
@@ -80,6 +81,31 @@ def test_shipped_source_builds_the_same_task(source, data):
     seqs = b.splits["val"].pool[:, :2]
     assert torch.equal(a.evaluator.score(a.splits["val"].query_ids, seqs),
                        b.evaluator.score(b.splits["val"].query_ids, seqs))
+
+
+def test_tensors_are_built_once_per_data_configuration_and_travel_built(source, monkeypatch):
+    import trainer.task as task_module
+
+    builds = []
+    real = task_module.build_dataset
+    monkeypatch.setattr(task_module, "build_dataset", lambda **kw: builds.append(kw["data_cfg"]) or real(**kw))
+    fresh = dataclasses.replace(source, prepared={})
+    base = from_dict({})
+    a = fresh.task(base)
+    b = fresh.task(base.replace(kl_beta=0.05, seed=3, hidden_dim=32))      # no data field differs
+    assert len(builds) == 1 and b.train is a.train and b.model_cfg.hidden_dim == 32
+    assert fresh.prepare([base, base.replace(train_queries=30), base.replace(train_queries=30, seed=1)]) == 2
+    assert len(builds) == 2
+    buffers: list = []
+    stream = pickle.dumps(dataclasses.replace(fresh, bench=None), protocol=5, buffer_callback=buffers.append)
+    assert len(stream) < 20_000    # the built tensors travel out of band too (store views, not copies)
+    shipped = pickle.loads(stream, buffers=buffers)
+    shipped.bench = source.bench
+    small = shipped.task(base.replace(train_queries=30))
+    assert len(builds) == 2 and small.train.num_queries == 30               # built in the driver, not here
+    assert torch.equal(shipped.task(base).train.seqs, a.train.seqs)
+    shipped.task(base.replace(require_positive_query=True))                 # not prepared: built on demand
+    assert len(builds) == 3 and builds[-1].require_positive_query
 
 
 def test_train_queries_still_subsample_after_shipping(source):
