@@ -87,7 +87,10 @@ def make_tuner(trainable: Callable, *, param_space: dict, num_samples: int, metr
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, search_alg=search_alg,
                                     num_samples=num_samples,  # concurrency: the searcher's limit
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname,
+                                    # the next trial starts in the finished one's worker: no new process,
+                                    # no re-import of torch, the shared data already mapped
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=verbose, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=max_failures),

@@ -22,24 +22,40 @@ from trainer.loop import train
 from trainer.task import DataSource, WarmStart
 
 
-def set_threads_to_cpu_share() -> int:
-    """torch threads = this trial's CPU share, so concurrent trials never oversubscribe cores."""
+def assigned_resources() -> dict[str, float]:
     try:
-        share = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        return ray.get_runtime_context().get_assigned_resources()
     except Exception:  # not inside a Ray worker (unit tests)
-        share = 1.0
-    threads = max(1, int(share))
+        return {}
+
+
+def set_threads_to_cpu_share(assigned: dict[str, float]) -> int:
+    """torch threads = this trial's CPU share, so concurrent trials never oversubscribe cores."""
+    threads = max(1, int(assigned.get("CPU", 1.0)))
     torch.set_num_threads(threads)
     return threads
+
+
+def trial_device(assigned: dict[str, float], requested: str) -> str:
+    """The device a trial trains on: its GPU share when Ray gave it one (``--gpus-per-trial``).
+
+    Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU, so "cuda" is that GPU. Without this,
+    a GPU share would be reserved while the trial trained on the CPU default.
+    """
+    if assigned.get("GPU", 0) > 0 and requested == "cpu":
+        return "cuda"
+    return requested
 
 
 def icd_trainable(config: dict[str, Any], *, source: DataSource, warm: WarmStart,
                   resolve: Callable[[dict], dict] | None = None) -> None:
     """Train one configuration; ``resolve`` maps Tune's config to flat hyperparameters (presets, fixed)."""
     cpu_start = time.process_time()
-    threads = set_threads_to_cpu_share()
+    assigned = assigned_resources()
+    threads = set_threads_to_cpu_share(assigned)
     hyper = resolve(config) if resolve else dict(config)
     cfg = from_dict(hyper)
+    cfg = cfg.replace(device=trial_device(assigned, cfg.run.device))
     task = source.task(cfg)
     node_id = ray.get_runtime_context().get_node_id()
     fault = Fault.from_env(hyper)  # test-only (trainer/faults.py); no rule, no effect

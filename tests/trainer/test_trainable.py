@@ -4,6 +4,7 @@ import os
 
 import pytest
 import ray
+import torch
 from ray import tune
 
 from tests.trainer.conftest import make_tiny_task
@@ -48,3 +49,17 @@ def test_two_trials_report_checkpoint_and_use_their_cpu_share(ray_local, tmp_pat
         assert set(evaluation["val"]["correct"]) == {"1", "2", "3", "4"}
     kl = sorted(r.metrics["kl_beta"] for r in results)
     assert kl[0] != kl[1]
+
+
+def test_a_trial_with_a_gpu_share_trains_on_it():
+    from trainer.trainable import set_threads_to_cpu_share, trial_device
+
+    assert trial_device({"CPU": 1.0, "GPU": 0.25}, "cpu") == "cuda"      # --gpus-per-trial 0.25
+    assert trial_device({"CPU": 1.0}, "cpu") == "cpu"
+    assert trial_device({"CPU": 1.0, "GPU": 1.0}, "cuda:0") == "cuda:0"  # an explicit device is kept
+    before = torch.get_num_threads()
+    try:
+        assert set_threads_to_cpu_share({"CPU": 3.0}) == 3 == torch.get_num_threads()
+        assert set_threads_to_cpu_share({}) == 1 and set_threads_to_cpu_share({"CPU": 0.5}) == 1
+    finally:
+        torch.set_num_threads(before)
