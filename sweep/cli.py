@@ -51,13 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search", default="grid", choices=["grid", "random", "optuna-tpe", "optuna-qmc"],
                    help="grid/random enumerate the space; optuna-* sample it adaptively (default grid)")
     g.add_argument("--num-samples", type=int, help="samples of sampled dimensions (default: the space's)")
-    g.add_argument("--scheduler", default="asha", choices=["asha", "noise-asha", "fifo", "pbt"],
-                   help="asha (default) prunes on --metric at GRPO-epoch rungs; noise-asha only prunes when a "
-                        "trial is below the rung cutoff by --noise-k standard errors; fifo never prunes")
+    g.add_argument("--scheduler", default="auto", choices=["auto", "sha", "asha", "noise-asha", "fifo", "pbt"],
+                   help="pruning on --metric at GRPO-epoch rungs. sha: successive halving, every trial meets "
+                        "at each rung and the best 1/--reduction-factor go on (a fixed budget); asha: each "
+                        "trial decided on arrival (for optuna's stream of trials); auto (default): sha for "
+                        "grid/random search, asha otherwise; noise-asha: asha that only prunes beyond "
+                        "--noise-k standard errors; fifo never prunes")
     g.add_argument("--metric", default="acc_mean",
                    help="validation metric to prune and rank on: acc_mean (default) or acc_shot1..acc_shot4")
-    g.add_argument("--grace-period", type=int, help="GRPO epochs before the first rung (default max_t/4)")
-    g.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
+    g.add_argument("--grace-period", type=int,
+                   help="GRPO epochs before the first rung (default: a fifth of the budget for sha, a quarter "
+                        "for asha/noise-asha, which decide on partly filled rungs)")
+    g.add_argument("--reduction-factor", type=float, default=3.0,
+                   help="keep 1/rf of the trials at each rung (default 3)")
     g.add_argument("--brackets", type=int, default=1, help="ASHA brackets (default 1)")
     g.add_argument("--noise-k", type=float, default=1.0, help="noise-asha: standard errors of margin (default 1)")
     g = p.add_argument_group("resources")

@@ -114,13 +114,24 @@ def tune_options(args: argparse.Namespace, space, seeds: int | None, *, decision
     param_space, num_samples = space.to_tune(args.search, args.num_samples, seeds, rng_seed=args.seed)
     max_t = max(from_dict(space.resolve(c)).grpo.grpo_epochs
                 for c in space.preview(args.search, args.num_samples, 1, args.seed))
-    opts = T.SchedulerOptions(name=args.scheduler, max_t=max_t, grace_period=args.grace_period,
+    cohort = None
+    if args.search in ("grid", "random") and not args.max_concurrent:
+        cohort = len(space.preview(args.search, args.num_samples, seeds, args.seed))
+    opts = T.SchedulerOptions(name=scheduler_name(args), max_t=max_t, grace_period=args.grace_period,
                               reduction_factor=args.reduction_factor, brackets=args.brackets,
-                              noise_k=args.noise_k, decisions_path=decisions_path)
+                              noise_k=args.noise_k, decisions_path=decisions_path, num_trials=cohort)
     mutations = space.pbt_mutations() if args.scheduler == "pbt" else None
     scheduler = T.make_scheduler(opts, pbt_mutations=mutations)
     search = T.make_search(space, args.search, args.metric, args.seed, args.max_concurrent, seeds)
     return param_space, num_samples, scheduler, search
+
+
+def scheduler_name(args: argparse.Namespace) -> str:
+    """``--scheduler auto``: successive halving when the searcher creates every trial up front (grid or
+    random search, no --max-concurrent: sha waits for the whole cohort at each rung), ASHA otherwise."""
+    if args.scheduler != "auto":
+        return args.scheduler
+    return "sha" if args.search in ("grid", "random") and not args.max_concurrent else "asha"
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -311,7 +322,7 @@ def resume_command(exp_dir: Path, output: str) -> str:
 def _record_files(name: str, args, space, record: dict, warm, share: bool) -> dict[str, str]:
     """What ran, for reproduction and --resume: run_args.json, command.txt, the space, sweep.json."""
     record["name"] = name
-    describe = {**space.describe(), "metric": args.metric, "search": args.search, "scheduler": args.scheduler,
+    describe = {**space.describe(), "metric": args.metric, "search": args.search, "scheduler": scheduler_name(args),
                 "shared_rce": share, "warm_start": warm.info}
     return {RUN_ARGS: json.dumps(record, indent=1, default=str),
             "command.txt": "python sweep/run.py " + shlex.join(record["argv"]) + "\n",

@@ -105,18 +105,23 @@ class NoiseAwareASHA(FIFOScheduler):
         return action
 
     def _log(self, trial_id, rung, value, cutoff, se, n, decision) -> None:
-        if not self._decisions_path:
-            return
-        path = Path(self._decisions_path)
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(DECISION_FIELDS)
-            w.writerow([trial_id, rung, value, cutoff, se, n, decision])
-            fh.flush()
-            os.fsync(fh.fileno())
+        log_decision(self._decisions_path, trial_id, rung, value, cutoff, se, n, decision)
 
     def debug_string(self) -> str:
         counts = [sum(len(r) for r in rec.values()) for rec in self._recorded]
         return f"NoiseAwareASHA: k={self._k}, rf={self._rf}, recorded per bracket {counts}"
+
+
+def log_decision(path: str | None, trial_id: str, rung, value, cutoff, se, n: int, decision: str) -> None:
+    """Append one row of ``DECISION_FIELDS`` to the decisions CSV (header first), durably."""
+    if not path:
+        return
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(DECISION_FIELDS)
+        w.writerow([trial_id, rung, value, cutoff, se, n, decision])
+        fh.flush()
+        os.fsync(fh.fileno())

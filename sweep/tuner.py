@@ -22,18 +22,22 @@ METRICS = ("acc_mean", "acc_shot1", "acc_shot2", "acc_shot3", "acc_shot4")
 
 @dataclass
 class SchedulerOptions:
-    name: str = "asha"            # asha | fifo | pbt | noise-asha
+    name: str = "asha"            # asha | sha | noise-asha | fifo | pbt
     max_t: int = 25               # GRPO epochs of the longest trial
     grace_period: int | None = None
     reduction_factor: float = 3.0
     brackets: int = 1
     noise_k: float = 1.0          # noise-asha: stop only when below the cutoff by k standard errors
     decisions_path: str | None = None
+    num_trials: int | None = None  # sha: the whole cohort (every trial of a grid/random sweep)
 
     def grace(self) -> int:
-        """At least one GRPO evaluation and about a quarter of the budget (ray-tune-notes §4.3)."""
+        """At least one GRPO evaluation: a fifth of the budget for sha, which ranks the whole cohort at
+        each rung; a quarter for ASHA, which decides against partly filled rungs (ray-tune-notes §4.3)."""
         if self.grace_period is not None:
             return self.grace_period
+        if self.name == "sha":
+            return max(1, round(self.max_t / 5))
         return max(1, math.ceil(self.max_t / 4))
 
 
@@ -51,6 +55,15 @@ def make_scheduler(opts: SchedulerOptions, pbt_mutations: dict | None = None):
         return ASHAScheduler(time_attr=TIME_ATTR, max_t=opts.max_t,
                              grace_period=opts.grace(), reduction_factor=opts.reduction_factor,
                              brackets=opts.brackets)
+    if opts.name == "sha":
+        from sweep.halving import SuccessiveHalving
+
+        if not opts.num_trials:
+            raise UserError("--scheduler sha: needs every trial of the sweep up front (--search grid or "
+                            "random, no --max-concurrent); use asha with optuna")
+        return SuccessiveHalving(time_attr=TIME_ATTR, max_t=opts.max_t, grace_period=opts.grace(),
+                                 reduction_factor=opts.reduction_factor, num_trials=opts.num_trials,
+                                 decisions_path=opts.decisions_path)
     if opts.name == "noise-asha":
         from sweep.schedulers import NoiseAwareASHA
 
@@ -62,7 +75,7 @@ def make_scheduler(opts: SchedulerOptions, pbt_mutations: dict | None = None):
             raise UserError("--scheduler pbt: the space has no continuous nuisance/scientific range to mutate")
         return PopulationBasedTraining(time_attr=TIME_ATTR, perturbation_interval=max(1, opts.grace()),
                                        hyperparam_mutations=pbt_mutations)
-    raise UserError(f"--scheduler: {opts.name!r} is not one of asha, fifo, pbt, noise-asha")
+    raise UserError(f"--scheduler: {opts.name!r} is not one of asha, sha, noise-asha, fifo, pbt")
 
 
 def make_search(space, search: str, metric: str, seed: int, max_concurrent: int | None, seeds: int | None):
