@@ -123,6 +123,22 @@ def test_minimise_mode_keeps_the_smallest():
     assert trials[0].status == Trial.TERMINATED and trials[1].status == Trial.PAUSED
 
 
+def test_auto_picks_halving_when_the_sweep_is_known_up_front():
+    from argparse import Namespace
+
+    from sweep.experiment import scheduler_name
+    from sweep.tuner import SchedulerOptions
+
+    def pick(**kw):
+        return scheduler_name(Namespace(**{"scheduler": "auto", "search": "grid", "max_concurrent": None, **kw}))
+
+    assert pick() == "sha" and pick(search="random") == "sha"
+    assert pick(search="optuna-tpe") == "asha" and pick(max_concurrent=2) == "asha"
+    assert pick(scheduler="noise-asha") == "noise-asha"
+    assert SchedulerOptions("sha", max_t=25).grace() == 5 and SchedulerOptions("asha", max_t=25).grace() == 7
+    assert SchedulerOptions("sha", max_t=4).grace() == 1 and SchedulerOptions("sha", max_t=25, grace_period=3).grace() == 3
+
+
 # ------------------------------------------------------------------------------- a real Tune run
 
 @pytest.fixture(scope="module")
