@@ -194,6 +194,36 @@ def test_kill_9_during_warm_up_then_resume_starts_tune(tmp_path):
     _assert_finished_once(exp, after, rows)
 
 
+@pytest.mark.slow
+def test_kill_9_while_trials_wait_at_a_halving_rung_then_resume(tmp_path):
+    # sha on 4 trials of 4 GRPO epochs: rungs 1 and 3; floor(4 / 3) = 1 trial goes on from rung 1.
+    # The kill comes while trials are paused at rung 1 (or later); the resumed sweep rebuilds the
+    # rungs from the trials' last results and ends with the same budget shape.
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    args = [a if a != "fifo" else "sha" for a in command(out, "h", "--seeds", "2")]
+    proc = start(args, log)
+    exp = out / "h"
+    at_rung = lambda: sum(any(r.get("grpo_epoch") == 1 for r in rows) for rows in reports(exp).values())  # noqa
+    try:
+        wait_for(proc, log, lambda: at_rung() >= 2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        kill_session(proc.pid)
+    result = resume(out, "h")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = board(exp)
+    assert len(rows) == 4 and rows["trial_id"].is_unique and len(list(exp.glob("trial_*"))) == 4
+    assert sorted(rows["status"]) == ["completed", "pruned", "pruned", "pruned"]
+    kept = rows[rows["status"] == "completed"].iloc[0]
+    assert kept.grpo_epochs_done == 4
+    for trial in reports(exp).values():  # a trial's reports never repeat or skip an epoch
+        epochs = [r["grpo_epoch"] for r in trial]
+        assert epochs == list(range(1, len(epochs) + 1))
+    decided = pd.read_csv(exp / "decisions.csv")
+    assert set(decided[decided["rung"] == 1]["decision"]) <= {"continue", "stop"}
+
+
 def test_resume_refuses_a_folder_that_is_not_an_experiment(tmp_path):
     (tmp_path / "out" / "stray").mkdir(parents=True)
     result = resume(tmp_path / "out", "stray")
