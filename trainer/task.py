@@ -40,10 +40,10 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.data.build import build_dataset, stack_pools
+from trainer.data.groups import QueryGroups
 from trainer.data.loaders import BeamEntry, RLCandidate, RLEntry, rl_shot_num
 from trainer.errors import UserError
 from trainer.evaluate import CallableEvaluator, Evaluator, LookupEvaluator, SimulatorEvaluator
-from trainer.data.groups import QueryGroups
 from trainer.state import EvalSplit, Task
 
 
