@@ -72,6 +72,8 @@ class SuccessiveHalving(FIFOScheduler):
         self._at.setdefault(tid, {})
         if trial.status in (Trial.TERMINATED, Trial.ERROR):
             self._dead.add(tid)
+        else:  # a retried trial (--max-failures) is reported as errored, then added again
+            self._dead.discard(tid)
         last = trial.last_result or {}
         if self._time_attr in last and self._metric in last:  # restored after a kill
             self._record(tid, last)
@@ -113,7 +115,13 @@ class SuccessiveHalving(FIFOScheduler):
         """New trials first (they must reach the first rung), then kept trials waiting to go on.
 
         A paused trial that waits for its rung's decision is never chosen (FIFO would resume it).
+        Rungs left waiting only for trials that have ended are decided here, on Tune's next step:
+        by then a trial that is retried has been added again and is waited for.
         """
+        self._infer_decided()
+        for k in range(len(self._rungs)):
+            if k not in self._kept and self._ready(k):
+                self._decide(tune_controller, k, current=None)
         for trial in self._trials.values():
             if trial.status == Trial.PENDING:
                 return trial
@@ -184,11 +192,5 @@ class SuccessiveHalving(FIFOScheduler):
         return current in keep
 
     def _gone(self, tune_controller, trial: Trial) -> None:
-        """A trial ended: rungs that were waiting only for it can now be decided."""
-        if trial.trial_id in self._dead:
-            return
+        """A trial ended: it is no longer waited for (``choose_trial_to_run`` decides what it held up)."""
         self._dead.add(trial.trial_id)
-        self._infer_decided()
-        for k in range(len(self._rungs)):
-            if k not in self._kept and self._ready(k):
-                self._decide(tune_controller, k, current=None)

@@ -94,9 +94,22 @@ def test_a_trial_that_dies_or_finishes_early_does_not_hold_the_rung():
     assert report(s, tc, trials[2], 1, 0.5, train_finished=True) == CONT   # early-stopped: it ends itself
     s.on_trial_complete(tc, trials[2], {})
     trials[3].status = Trial.ERROR
-    s.on_trial_error(tc, trials[3])                      # the last one errors before the rung: decide now
-    assert trials[0].status == Trial.PAUSED and trials[1].status == Trial.TERMINATED
-    assert s.choose_trial_to_run(tc) is trials[0]
+    s.on_trial_error(tc, trials[3])                      # the last one errors before the rung
+    assert trials[1].status == Trial.PAUSED              # decided on Tune's next step, not inside the error
+    assert s.choose_trial_to_run(tc) is trials[0]         # ... keeping max(1, floor(2 / 3)) of the live ones
+    assert trials[1].status == Trial.TERMINATED
+
+
+def test_a_retried_trial_is_waited_for_again():
+    s, tc, trials = cohort(3)
+    assert report(s, tc, trials[0], 1, 0.9) == PAUSE
+    assert report(s, tc, trials[1], 1, 0.2) == PAUSE
+    s.on_trial_error(tc, trials[2])                      # --max-failures: Tune re-adds it at once
+    trials[2].status = Trial.PENDING
+    s.on_trial_add(tc, trials[2])
+    assert s.choose_trial_to_run(tc) is trials[2]         # not decided without it
+    assert trials[1].status == Trial.PAUSED
+    assert report(s, tc, trials[2], 1, 0.5) == STOP and trials[1].status == Trial.TERMINATED
 
 
 def test_a_resumed_sweep_rebuilds_the_rungs_from_the_last_results():
